@@ -1,0 +1,1 @@
+"""Data: synthetic generators, real-dataset formats, sections, tokenizer, Grain pipeline."""

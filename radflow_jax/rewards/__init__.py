@@ -1,0 +1,1 @@
+"""Reward models and clinical labels (schemas, labeler, NLG, consistency, hierarchy)."""
