@@ -1,0 +1,23 @@
+"""RadFlow on carotid duplex ultrasound — the embedded synthetic dataset by default.
+
+Each study has two views (right and left duplex: B-mode above, ICA spectral Doppler below).
+
+    python -m radflow_jax.train --config=configs/carotid.py [--workdir=runs/carotid]
+    python -m radflow_jax.train --config=configs/carotid.py:quick
+"""
+
+from radflow_jax.config import base_config
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.modality = "carotid"
+    c.data.max_views = 2
+    c.data.prompt = "carotid duplex ultrasound right and left"
+    c.data.max_target_len = 200
+    if arg == "quick":
+        c.data.num_train, c.data.num_val, c.data.num_test = 64, 16, 16
+        c.data.batch_size = 8
+    elif arg:
+        raise ValueError(f"configs/carotid.py: unknown argument {arg!r}; known: 'quick'")
+    return c

@@ -1,0 +1,21 @@
+"""RadFlow on chest X-rays — the embedded synthetic dataset by default.
+
+    python -m radflow_jax.train --config=configs/cxr.py [--workdir=runs/cxr]
+    python -m radflow_jax.train --config=configs/cxr.py:quick      # seconds-long smoke run
+
+Override any field from the command line, e.g. ``--config.data.num_train=500``.
+"""
+
+from radflow_jax.config import base_config
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.modality = "cxr"
+    c.data.prompt = "chest x-ray frontal view"
+    if arg == "quick":
+        c.data.num_train, c.data.num_val, c.data.num_test = 64, 16, 16
+        c.data.batch_size = 8
+    elif arg:
+        raise ValueError(f"configs/cxr.py: unknown argument {arg!r}; known: 'quick'")
+    return c

@@ -1,0 +1,143 @@
+"""The config every entry point shares: its fields with their meaning, defaults and validation.
+
+Experiment files in ``configs/`` start from ``base_config()`` and change what differs; entry points
+call ``validate()`` once at load time and pass the locked config on. Field meanings are documented
+here, next to the defaults, so one place answers "what does this knob do".
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from radflow_jax.rewards import schema
+
+STAGES: tuple[str, ...] = ("data",)  # later: "sft", "labeler", "rl", "eval"
+DATA_SOURCES = ("synthetic", "r2gen")
+SECTION_FALLBACKS = ("error", "findings", "last_sentence")
+TOKENIZER_KINDS = ("word", "bpe")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field and what is allowed."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All fields, with defaults for the embedded chest X-ray demo."""
+    c = ml_collections.ConfigDict()
+    c.modality = "cxr"  # "cxr" | "carotid": picks the observation schema
+    c.extra_critical = ()  # observations added to the modality's critical set
+    c.seed = 0  # one seed for data generation, shuffling, augmentation and init
+    c.stages = ("data",)  # stages run in order by radflow_jax.train
+    c.workdir = ""  # "" -> runs/<modality>; --workdir overrides
+
+    c.data = ml_collections.ConfigDict()
+    d = c.data
+    d.source = "synthetic"  # "synthetic": generate into <workdir>/data; "r2gen": read d.dir
+    d.dir = ""  # dataset folder holding the annotation file ("" -> <workdir>/data for synthetic)
+    d.annotation = "annotation.json"  # R2Gen annotation file, relative to d.dir
+    d.image_root = ""  # folder image paths are relative to ("" -> d.dir); paths may not escape it
+    d.labels = "labels.jsonl"  # ground-truth labels, relative to d.dir ("" -> none)
+    d.num_train = 2000  # synthetic only: cases per split
+    d.num_val = 200
+    d.num_test = 300
+    d.render_size = 128  # synthetic only: rendered image side (32..512)
+    d.generate_workers = 0  # synthetic only: rendering processes (0 = in process)
+    d.image_size = 128  # model input side; images are resized to it
+    d.max_views = 1  # views per study fed to the model; extra views are dropped, missing ones masked
+    d.prompt = "chest x-ray frontal view"  # text after the image prefix, before the report
+    d.max_prompt_len = 8  # tokens, including <bos>; left-padded
+    d.max_target_len = 160  # report tokens, including <eos>; longer targets are truncated and counted
+    d.batch_size = 32  # global batch size (split across processes)
+    d.num_workers = 0  # Grain worker processes (0 = in the main process)
+    d.augment = True  # train-time geometric/intensity jitter (never a horizontal flip: laterality)
+    d.section_fallback = "error"  # reports without FINDINGS/IMPRESSION headers: error|findings|last_sentence
+    d.on_bad_record = "error"  # "error" stops at the first bad record; "skip" counts and reports it
+    d.verify_images = True  # check every image decodes when the dataset is loaded
+
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.kind = "word"  # "word" (WordLevel, digits split) or "bpe"
+    c.tokenizer.vocab_size = 4000
+    c.tokenizer.min_frequency = 2  # word-level: rarer words map to <unk>
+    return c
+
+
+def _check(cond: bool, field: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"config.{field}: {message}")
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks every field and cross-field rule; returns the config locked against new keys."""
+    _check(config.modality in schema.MODALITIES, "modality", f"must be one of {schema.MODALITIES}")
+    schema.get_schema(config.modality, tuple(config.extra_critical))  # names extras it rejects
+    stages = tuple(config.stages)
+    unknown = [s for s in stages if s not in STAGES]
+    _check(not unknown, "stages", f"unknown stages {unknown}; available: {STAGES}")
+    _check(list(stages) == sorted(stages, key=STAGES.index), "stages", f"must follow the order {STAGES}")
+    d = config.data
+    _check(d.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}")
+    _check(d.source == "synthetic" or bool(d.dir), "data.dir", "is required for real datasets")
+    for name in ("num_train", "num_val", "num_test"):
+        _check(d[name] >= 0, f"data.{name}", "must be >= 0")
+    _check(d.num_train > 0, "data.num_train", "must be > 0")
+    _check(32 <= d.render_size <= 512, "data.render_size", "must be in [32, 512]")
+    _check(32 <= d.image_size <= 1024, "data.image_size", "must be in [32, 1024]")
+    _check(d.max_views >= 1, "data.max_views", "must be >= 1")
+    _check(d.max_prompt_len >= 2, "data.max_prompt_len", "must be >= 2 (<bos> and one token)")
+    _check(d.max_target_len >= 8, "data.max_target_len", "must be >= 8")
+    _check(d.batch_size >= 1, "data.batch_size", "must be >= 1")
+    _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _check(
+        d.section_fallback in SECTION_FALLBACKS, "data.section_fallback", f"one of {SECTION_FALLBACKS}"
+    )
+    _check(d.on_bad_record in ("error", "skip"), "data.on_bad_record", "must be 'error' or 'skip'")
+    t = config.tokenizer
+    _check(t.kind in TOKENIZER_KINDS, "tokenizer.kind", f"must be one of {TOKENIZER_KINDS}")
+    _check(t.vocab_size >= 64, "tokenizer.vocab_size", "must be >= 64")
+    _check(t.min_frequency >= 1, "tokenizer.min_frequency", "must be >= 1")
+    config.lock()
+    return config
+
+
+def resolve_workdir(config: ml_collections.ConfigDict, workdir: str | None) -> str:
+    """The run folder: the --workdir flag, else config.workdir, else runs/<modality>."""
+    return os.path.abspath(workdir or config.workdir or os.path.join("runs", config.modality))
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """Loads ``path[:arg]`` the way ``config_flags`` does, for checks before flag parsing."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location("_radflow_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def check_overrides(argv: list[str], default_spec: str) -> None:
+    """Rejects ``--config.a.b=...`` for fields the config lacks, naming the fields it has.
+
+    ``config_flags`` would otherwise fail with a bare ``AttributeError`` from inside its parser.
+    """
+    spec = default_spec
+    for arg in argv:
+        if arg.startswith("--config="):
+            spec = arg.split("=", 1)[1]
+    overrides = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    if not overrides:
+        return
+    config = load_config_file(spec)
+    for dotted in overrides:
+        node, walked = config, "config"
+        for key in dotted.split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+                fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                raise ConfigError(
+                    f"unknown field {walked}.{key} (in --config.{dotted}); fields of {walked}: {fields}"
+                )
+            node, walked = node[key], f"{walked}.{key}"
