@@ -32,7 +32,7 @@ class Case:
 
     images: tuple[np.ndarray, ...]  # uint8 grayscale, HxW each
     views: tuple[str, ...]  # view name per image, e.g. "PA" or "right duplex"
-    report: str  # "FINDINGS: ...\nIMPRESSION: ..."
+    report: str  # "FINDINGS: ...\n\nIMPRESSION: ..."
     labels: dict[str, int | None]
     details: dict[str, Any]
     critical: bool
