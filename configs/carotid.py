@@ -14,7 +14,7 @@ def get_config(arg: str | None = None):
     c.modality = "carotid"
     c.data.max_views = 2
     c.data.prompt = "carotid duplex ultrasound right and left"
-    c.data.max_target_len = 200
+    c.data.max_target_len = 272  # duplex reports carry many numbers (one token per digit)
     if arg == "quick":
         c.data.num_train, c.data.num_val, c.data.num_test = 64, 16, 16
         c.data.batch_size = 8

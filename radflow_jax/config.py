@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.max_views = 1  # views per study fed to the model; extra views are dropped, missing ones masked
     d.prompt = "chest x-ray frontal view"  # text after the image prefix, before the report
     d.max_prompt_len = 8  # tokens, including <bos>; left-padded
-    d.max_target_len = 160  # report tokens, including <eos>; longer targets are truncated and counted
+    d.max_target_len = 192  # report tokens, including <eos>; longer targets are truncated and counted
     d.batch_size = 32  # global batch size (split across processes)
     d.num_workers = 0  # Grain worker processes (0 = in the main process)
     d.augment = True  # train-time geometric/intensity jitter (never a horizontal flip: laterality)

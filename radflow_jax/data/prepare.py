@@ -153,6 +153,13 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> PreparedDat
         raise ValueError(f"{os.path.join(data_dir, d.annotation)}: no usable train records")
     tok = _tokenizer(config, splits["train"], os.path.join(workdir, "tokenizer"))
     summary = _summary(splits, tok, schema, config, skips)
+    truncated = summary["target_tokens"]["truncated"]
+    if truncated:
+        logging.warning(
+            "%d training reports exceed data.max_target_len=%d tokens and will be truncated",
+            truncated,
+            d.max_target_len,
+        )
     with open(os.path.join(workdir, "data_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     return PreparedData(data_dir, splits, tok, schema, skips, summary)
