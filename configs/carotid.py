@@ -17,7 +17,9 @@ def get_config(arg: str | None = None):
     c.data.max_target_len = 272  # duplex reports carry many numbers (one token per digit)
     if arg == "quick":
         c.data.num_train, c.data.num_val, c.data.num_test = 64, 16, 16
-        c.data.batch_size = 8
+        c.model.size = "toy"
+        c.sft.num_steps, c.sft.batch_size, c.sft.log_every, c.sft.checkpoint_every = 12, 8, 4, 6
+        c.eval.num_cases, c.eval.batch_size, c.eval.max_new_tokens, c.eval.meteor = 16, 8, 48, False
     elif arg:
         raise ValueError(f"configs/carotid.py: unknown argument {arg!r}; known: 'quick'")
     return c

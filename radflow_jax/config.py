@@ -11,12 +11,30 @@ import os
 
 import ml_collections
 
+from radflow_jax.parallel import mesh as mesh_lib
 from radflow_jax.rewards import schema
 
-STAGES: tuple[str, ...] = ("data",)  # later: "sft", "labeler", "rl", "eval"
+STAGES: tuple[str, ...] = ("data", "sft", "eval")  # later: "labeler", "rl"
 DATA_SOURCES = ("synthetic", "r2gen")
 SECTION_FALLBACKS = ("error", "findings", "last_sentence")
 TOKENIZER_KINDS = ("word", "bpe")
+MODEL_SIZES = ("toy", "tiny", "small", "base", "1b", "7b")
+
+
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("patch", None),
+    ("vit_embed", "fsdp"),
+    ("vit_mlp", "tensor"),
+    ("positions", None),
+    ("length", None),
+)
 
 
 class ConfigError(ValueError):
@@ -29,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.modality = "cxr"  # "cxr" | "carotid": picks the observation schema
     c.extra_critical = ()  # observations added to the modality's critical set
     c.seed = 0  # one seed for data generation, shuffling, augmentation and init
-    c.stages = ("data",)  # stages run in order by radflow_jax.train
+    c.stages = ("data", "sft", "eval")  # stages run in order by radflow_jax.train
     c.workdir = ""  # "" -> runs/<modality>; --workdir overrides
 
     c.data = ml_collections.ConfigDict()
@@ -49,7 +67,6 @@ def base_config() -> ml_collections.ConfigDict:
     d.prompt = "chest x-ray frontal view"  # text after the image prefix, before the report
     d.max_prompt_len = 8  # tokens, including <bos>; left-padded
     d.max_target_len = 192  # report tokens, including <eos>; longer targets are truncated and counted
-    d.batch_size = 32  # global batch size (split across processes)
     d.num_workers = 0  # Grain worker processes (0 = in the main process)
     d.augment = True  # train-time geometric/intensity jitter (never a horizontal flip: laterality)
     d.section_fallback = "error"  # reports without FINDINGS/IMPRESSION headers: error|findings|last_sentence
@@ -60,6 +77,38 @@ def base_config() -> ml_collections.ConfigDict:
     c.tokenizer.kind = "word"  # "word" (WordLevel, digits split) or "bpe"
     c.tokenizer.vocab_size = 4000
     c.tokenizer.min_frequency = 2  # word-level: rarer words map to <unk>
+
+    c.model = ml_collections.ConfigDict()
+    c.model.size = "tiny"  # toy | tiny | small | base | 1b | 7b (models/policy.py SIZES)
+    c.model.dtype = "float32"  # compute dtype; parameters stay float32
+    c.model.remat = False  # recompute blocks in the backward pass (memory for compute)
+
+    # Device mesh and logical-axis rules: every parameter and activation names its axes
+    # ("embed", "mlp", ...); these rules map them onto mesh axes. -1 = all remaining devices.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.mesh.rules = DEFAULT_RULES
+
+    c.sft = ml_collections.ConfigDict()
+    c.sft.num_steps = 300
+    c.sft.batch_size = 32  # global batch
+    c.sft.grad_accum = 1  # micro-batches per step (batch_size must divide)
+    c.sft.learning_rate = 1e-3
+    c.sft.warmup_steps = 30
+    c.sft.min_lr_ratio = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    c.sft.weight_decay = 0.01
+    c.sft.grad_clip = 1.0
+    c.sft.length_bucket = 32  # pad targets to a multiple of this per batch (0 = full length)
+    c.sft.log_every = 10
+    c.sft.checkpoint_every = 100
+    c.sft.keep_checkpoints = 2
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.split = "test"
+    c.eval.batch_size = 64
+    c.eval.max_new_tokens = 0  # 0 -> data.max_target_len
+    c.eval.num_cases = 0  # 0 -> the whole split
+    c.eval.meteor = True  # pycocoevalcap METEOR needs Java (10-15 s start-up)
     return c
 
 
@@ -87,7 +136,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(d.max_views >= 1, "data.max_views", "must be >= 1")
     _check(d.max_prompt_len >= 2, "data.max_prompt_len", "must be >= 2 (<bos> and one token)")
     _check(d.max_target_len >= 8, "data.max_target_len", "must be >= 8")
-    _check(d.batch_size >= 1, "data.batch_size", "must be >= 1")
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     _check(
         d.section_fallback in SECTION_FALLBACKS, "data.section_fallback", f"one of {SECTION_FALLBACKS}"
@@ -97,6 +145,27 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(t.kind in TOKENIZER_KINDS, "tokenizer.kind", f"must be one of {TOKENIZER_KINDS}")
     _check(t.vocab_size >= 64, "tokenizer.vocab_size", "must be >= 64")
     _check(t.min_frequency >= 1, "tokenizer.min_frequency", "must be >= 1")
+    m = config.model
+    _check(m.size in MODEL_SIZES, "model.size", f"must be one of {MODEL_SIZES}")
+    _check(m.dtype in ("float32", "bfloat16"), "model.dtype", "must be 'float32' or 'bfloat16'")
+    shape = dict(config.mesh.shape)
+    _check(set(shape) <= {"data", "fsdp", "tensor"}, "mesh.shape", "axes are data, fsdp, tensor")
+    _check(list(shape.values()).count(-1) <= 1, "mesh.shape", "at most one axis may be -1")
+    try:
+        mesh_lib.validate_rules(config.mesh.rules)
+    except ValueError as e:
+        raise ConfigError(f"config.mesh.rules: {e}") from None
+    s = config.sft
+    _check(s.num_steps >= 0, "sft.num_steps", "must be >= 0")
+    _check(s.batch_size >= 1, "sft.batch_size", "must be >= 1")
+    _check(s.grad_accum >= 1, "sft.grad_accum", "must be >= 1")
+    _check(s.batch_size % s.grad_accum == 0, "sft.grad_accum", "must divide sft.batch_size")
+    _check(s.learning_rate > 0, "sft.learning_rate", "must be > 0")
+    _check(s.log_every >= 1 and s.checkpoint_every >= 1, "sft.log_every", "and checkpoint_every >= 1")
+    e = config.eval
+    _check(e.split in ("train", "val", "test"), "eval.split", "must be train, val or test")
+    _check(e.batch_size >= 1, "eval.batch_size", "must be >= 1")
+    _check(e.max_new_tokens >= 0 and e.num_cases >= 0, "eval.max_new_tokens", "and num_cases >= 0")
     config.lock()
     return config
 

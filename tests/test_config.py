@@ -53,7 +53,7 @@ def test_real_dataset_needs_a_dir():
 
 
 def test_override_check_names_known_fields():
-    with pytest.raises(config_lib.ConfigError, match=r"config\.data\.nope.*batch_size"):
+    with pytest.raises(config_lib.ConfigError, match=r"config\.data\.nope.*max_views"):
         config_lib.check_overrides(["--config=configs/cxr.py", "--config.data.nope=3"], "configs/cxr.py")
     with pytest.raises(config_lib.ConfigError, match=r"config\.tokenizer\.kind\.x"):
         config_lib.check_overrides(["--config.tokenizer.kind.x=3"], "configs/cxr.py")

@@ -166,14 +166,19 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> PreparedDat
 
 
 def make_split_dataset(
-    prepared: PreparedData, config: ml_collections.ConfigDict, split: str, *, train: bool
+    prepared: PreparedData,
+    config: ml_collections.ConfigDict,
+    split: str,
+    *,
+    train: bool,
+    batch_size: int,
 ) -> grain.IterDataset:
-    """The Grain dataset of one split with the config's input settings."""
+    """The Grain dataset of one split with the config's input settings (global ``batch_size``)."""
     d = config.data
     return pipeline.make_dataset(
         prepared.splits[split],
         prepared.tokenizer,
-        batch_size=d.batch_size,
+        batch_size=batch_size,
         image_size=d.image_size,
         max_views=d.max_views,
         max_prompt_len=d.max_prompt_len,

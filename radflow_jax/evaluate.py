@@ -1,0 +1,134 @@
+"""Evaluation: greedy reports for a split, scored against the references and the ground truth.
+
+``evaluate_policy`` is the ``eval`` stage of ``radflow_jax.train``: it decodes the split with the
+same greedy settings for every stage (so ``eval/sft.json`` and ``eval/rl.json`` compare like with
+like) and writes ``DIR/eval/<stage>.json`` with per-case predictions and the metrics of DESIGN §4.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from radflow_jax import metrics as metrics_lib
+from radflow_jax.data import prepare
+from radflow_jax.data.sections import Sections, parse_target
+from radflow_jax.rewards import labeler
+from radflow_jax.rewards.schema import Schema
+from radflow_jax.rl.sampling import sample
+
+COMMON5 = ("Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion")
+
+
+def report_text(sections: Sections) -> str:
+    """Sections as a headed report, the form the labeler and readers expect."""
+    return f"FINDINGS: {sections.findings}\n\nIMPRESSION: {sections.impression}"
+
+
+def generate_split(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    data: prepare.PreparedData,
+    config: ml_collections.ConfigDict,
+    device_batch,
+) -> dict[str, str]:
+    """Greedy report per case of ``config.eval.split``: {case id: generated target text}."""
+    e = config.eval
+    records = data.splits[e.split]
+    if e.num_cases:
+        records = records[: e.num_cases]
+    subset = prepare.PreparedData(
+        data.data_dir, {e.split: records}, data.tokenizer, data.schema, data.skips, data.summary
+    )
+    dataset = prepare.make_split_dataset(subset, config, e.split, train=False, batch_size=e.batch_size)
+    max_new = e.max_new_tokens or config.data.max_target_len
+    out: dict[str, str] = {}
+    for batch in dataset:
+        result = sample(
+            graphdef,
+            params,
+            device_batch(batch),
+            rng=jax.random.key(0),
+            max_new_tokens=max_new,
+            greedy=True,
+            eos_id=data.tokenizer.eos_id,
+            pad_id=data.tokenizer.pad_id,
+        )
+        tokens = np.asarray(jax.device_get(result.tokens))
+        for row, index in enumerate(batch["index"]):
+            if index >= 0:
+                out[records[index].id] = data.tokenizer.decode(tokens[row])
+    return out
+
+
+def score(
+    predictions: Mapping[str, str],
+    references: Mapping[str, str],
+    schema: Schema,
+    *,
+    ground_truth: Mapping[str, Sequence[int]] | None = None,
+    meteor: bool = True,
+) -> dict:
+    """All metrics for headed reports keyed by case id (predictions and references alike)."""
+    ids = sorted(references)
+    missing = [i for i in ids if i not in predictions]
+    if missing:
+        raise KeyError(f"{len(missing)} references have no prediction, e.g. {missing[:3]}")
+    pred_text = [predictions[i] for i in ids]
+    ref_text = [references[i] for i in ids]
+    pred_labels = labeler.label_array(pred_text, schema)
+    ref_labels = labeler.label_array(ref_text, schema)
+    common5 = COMMON5 if schema.modality == "cxr" else None
+    critical = [schema.index(c) for c in schema.critical]
+    result = metrics_lib.nlg_scores(dict(zip(ids, pred_text)), dict(zip(ids, ref_text)), meteor=meteor)
+    result.update(metrics_lib.ce_scores(pred_labels, ref_labels, schema.observations, common5=common5))
+    result.update(metrics_lib.critical_scores(pred_labels, ref_labels, critical))
+    result.update(metrics_lib.length_stats(pred_text))
+    if ground_truth is not None:
+        gt = np.array([ground_truth[i] for i in ids])
+        gt_ce = metrics_lib.ce_scores(
+            pred_labels, gt, schema.observations, common5=common5, prefix="gt_"
+        )
+        result.update({k: v for k, v in gt_ce.items() if k in ("gt_ce14_micro_f1", "gt_ce14_macro_f1", "gt_per_observation")})
+        result["gt_critical_sensitivity"] = metrics_lib.critical_scores(pred_labels, gt, critical)[
+            "critical_sensitivity"
+        ]
+    return result
+
+
+def evaluate_policy(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    data: prepare.PreparedData,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    stage: str,
+    step: int,
+    device_batch,
+) -> dict:
+    """Decodes and scores the eval split; writes ``DIR/eval/<stage>.json``; returns the metrics."""
+    start = time.perf_counter()
+    generated = generate_split(graphdef, params, data, config, device_batch)
+    records = {r.id: r for r in data.splits[config.eval.split] if r.id in generated}
+    predictions = {i: report_text(parse_target(t)) for i, t in generated.items()}
+    references = {i: report_text(Sections(r.findings, r.impression)) for i, r in records.items()}
+    has_gt = all(r.labels is not None for r in records.values())
+    ground_truth = {i: r.labels for i, r in records.items()} if has_gt else None
+    result = score(predictions, references, data.schema, ground_truth=ground_truth, meteor=config.eval.meteor)
+    cases = [
+        {"id": i, "prediction": predictions[i], "reference": references[i]} for i in sorted(records)
+    ]
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    with open(os.path.join(workdir, "eval", f"{stage}.json"), "w", encoding="utf-8") as f:
+        json.dump({"stage": stage, "step": step, "split": config.eval.split,
+                   "metrics": result, "cases": cases}, f, indent=1)
+    print(f"[eval] {stage} step {step}: {len(cases)} cases in {time.perf_counter() - start:.0f}s")
+    return result

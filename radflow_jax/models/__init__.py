@@ -1,0 +1,1 @@
+"""Flax NNX models: the vision-language policy (vit, decoder, policy)."""

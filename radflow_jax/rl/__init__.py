@@ -1,0 +1,1 @@
+"""Reinforcement learning: sampling (rollouts) now; GRPO and CAPO losses later."""

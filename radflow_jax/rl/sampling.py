@@ -1,0 +1,192 @@
+"""Batched report sampling with a fixed-shape KV cache in one jitted ``lax.while_loop``.
+
+For each batch row the images are encoded and the ``[images][prompt]`` prefix is prefilled once;
+the cache is then repeated to the row's ``group_size`` members (row b -> outputs b*G .. b*G+G-1)
+and every member decodes on its own. The loop stops as soon as every sequence has emitted EOS.
+
+Returned ``logprobs`` are those of the sampled tokens under the *unmodified* policy (temperature
+1, no top-k/top-p): GRPO uses them as the old-policy log-probs, and they equal what
+``teacher_forced_logprobs`` gives for the same tokens.
+
+The KV cache is an explicit pytree (``KVCache``) carried through the loop, so XLA updates it in
+place; nothing outside the jitted function holds it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from radflow_jax.models.decoder import KVCache
+from radflow_jax.models.layers import MASK_VALUE
+
+PREFIX_KEYS = ("image", "view_mask", "prompt_tokens", "prompt_mask")
+
+
+@struct.dataclass
+class SampleOutput:
+    tokens: jax.Array  # int32 [B*G, T]; pad after EOS
+    logprobs: jax.Array  # float32 [B*G, T]; log pi(token) at temperature 1; 0 where mask is False
+    mask: jax.Array  # bool [B*G, T]; True up to and including EOS
+    lengths: jax.Array  # int32 [B*G]; number of True in mask
+    truncated: jax.Array  # bool [B*G]; ran out of tokens before EOS
+
+
+@struct.dataclass
+class SamplerSettings:
+    """Static decoding settings (part of the jit cache key)."""
+
+    max_new_tokens: int = struct.field(pytree_node=False)
+    group_size: int = struct.field(pytree_node=False)
+    temperature: float = struct.field(pytree_node=False)
+    top_k: int = struct.field(pytree_node=False)
+    top_p: float = struct.field(pytree_node=False)
+    greedy: bool = struct.field(pytree_node=False)
+    eos_id: int = struct.field(pytree_node=False)
+    pad_id: int = struct.field(pytree_node=False)
+
+
+@struct.dataclass
+class _LoopState:
+    step: jax.Array  # int32 []
+    logits: jax.Array  # float32 [N, vocab]: distribution of the token at `step`
+    cache: KVCache
+    tokens: jax.Array
+    logprobs: jax.Array
+    mask: jax.Array
+    done: jax.Array  # bool [N]: EOS already emitted
+
+
+def filter_logits(logits: jax.Array, settings: SamplerSettings) -> jax.Array:
+    """Temperature, then top-k, then top-p (nucleus) on float32 logits [N, vocab]."""
+    logits = logits / settings.temperature
+    if settings.top_k > 0:
+        kth = jax.lax.top_k(logits, min(settings.top_k, logits.shape[-1]))[0][:, -1:]
+        logits = jnp.where(logits < kth, MASK_VALUE, logits)
+    if settings.top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        keep = mass_before < settings.top_p  # the most likely token is always kept
+        threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, MASK_VALUE, logits)
+    return logits
+
+
+def choose_tokens(logits: jax.Array, rng: jax.Array, settings: SamplerSettings) -> jax.Array:
+    """Greedy argmax or a sample from the filtered distribution; int32 [N]."""
+    if settings.greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, filter_logits(logits, settings), axis=-1).astype(jnp.int32)
+
+
+def _sample(
+    graphdef: nnx.GraphDef,
+    settings: SamplerSettings,
+    state: nnx.State,
+    prefix: dict[str, jax.Array],
+    rng: jax.Array,
+) -> SampleOutput:
+    """Prefill once, repeat to the group, then one token per loop step.
+
+    The carry holds the logits that choose token ``step``; each step picks the token, records its
+    temperature-1 log-prob and feeds it to the cache (the last feed's logits go unused).
+    """
+    model = nnx.merge(graphdef, state)
+    g, t_max = settings.group_size, settings.max_new_tokens
+    num_image = prefix["view_mask"].shape[1] * model.cfg.vision.num_patches
+    capacity = num_image + prefix["prompt_tokens"].shape[1] + t_max
+    if capacity > model.cfg.text.max_seq_len:
+        raise ValueError(
+            f"prefix + max_new_tokens = {capacity} exceeds max_seq_len {model.cfg.text.max_seq_len}"
+        )
+    logits, cache = model.prefill(
+        prefix["image"], prefix["view_mask"], prefix["prompt_tokens"], prefix["prompt_mask"], capacity
+    )
+    if g > 1:
+        logits, cache = jnp.repeat(logits, g, axis=0), cache.repeat(g)
+    n = logits.shape[0]
+    init = _LoopState(
+        step=jnp.zeros((), jnp.int32),
+        logits=logits,
+        cache=cache,
+        tokens=jnp.full((n, t_max), settings.pad_id, jnp.int32),
+        logprobs=jnp.zeros((n, t_max), jnp.float32),
+        mask=jnp.zeros((n, t_max), bool),
+        done=jnp.zeros((n,), bool),
+    )
+
+    def cond(s: _LoopState) -> jax.Array:
+        return (s.step < t_max) & ~jnp.all(s.done)
+
+    def body(s: _LoopState) -> _LoopState:
+        token = choose_tokens(s.logits, jax.random.fold_in(rng, s.step), settings)
+        logp = jnp.take_along_axis(jax.nn.log_softmax(s.logits, axis=-1), token[:, None], axis=-1)[:, 0]
+        token = jnp.where(s.done, settings.pad_id, token)
+        logp = jnp.where(s.done, 0.0, logp)
+        next_logits, cache = model.decode_step(token, s.cache)
+        return _LoopState(
+            step=s.step + 1,
+            logits=next_logits,
+            cache=cache,
+            tokens=jax.lax.dynamic_update_slice_in_dim(s.tokens, token[:, None], s.step, axis=1),
+            logprobs=jax.lax.dynamic_update_slice_in_dim(s.logprobs, logp[:, None], s.step, axis=1),
+            mask=jax.lax.dynamic_update_slice_in_dim(s.mask, ~s.done[:, None], s.step, axis=1),
+            done=s.done | (token == settings.eos_id),
+        )
+
+    final = jax.lax.while_loop(cond, body, init)
+    return SampleOutput(
+        tokens=final.tokens,
+        logprobs=final.logprobs,
+        mask=final.mask,
+        lengths=final.mask.sum(axis=1).astype(jnp.int32),
+        truncated=~final.done,
+    )
+
+
+_sample_jit = jax.jit(_sample, static_argnums=(0, 1))
+
+
+def sample(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    batch: dict[str, jax.Array],
+    *,
+    rng: jax.Array,
+    max_new_tokens: int,
+    group_size: int = 1,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    eos_id: int = 2,
+    pad_id: int = 0,
+) -> SampleOutput:
+    """Samples ``group_size`` continuations per batch row -> ``SampleOutput`` with B*G rows.
+
+    ``batch`` needs ``image``, ``view_mask``, ``prompt_tokens`` (left-padded) and ``prompt_mask``;
+    other keys are ignored. Settings are static: each new combination compiles once.
+    """
+    if max_new_tokens < 1 or group_size < 1:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) and group_size ({group_size}) must be >= 1")
+    if not greedy and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when sampling (got {temperature}); use greedy=True")
+    if not 0.0 < top_p <= 1.0 or top_k < 0:
+        raise ValueError(f"need 0 < top_p <= 1 and top_k >= 0 (got top_p={top_p}, top_k={top_k})")
+    missing = [k for k in PREFIX_KEYS if k not in batch]
+    if missing:
+        raise KeyError(f"batch lacks {missing}; sampling needs {PREFIX_KEYS}")
+    settings = SamplerSettings(
+        max_new_tokens=max_new_tokens,
+        group_size=group_size,
+        temperature=float(temperature),
+        top_k=top_k,
+        top_p=float(top_p),
+        greedy=greedy,
+        eos_id=eos_id,
+        pad_id=pad_id,
+    )
+    prefix = {k: batch[k] for k in PREFIX_KEYS}
+    return _sample_jit(graphdef, settings, state, prefix, rng)

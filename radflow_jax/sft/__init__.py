@@ -1,0 +1,1 @@
+"""Supervised fine-tuning: teacher-forced cross-entropy on the report tokens."""

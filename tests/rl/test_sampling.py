@@ -1,0 +1,150 @@
+"""Sampler: cached == teacher-forced, group sharing == separate prefills, greedy, EOS, padding."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from radflow_jax.models.policy import Policy, policy_config, teacher_forced_logprobs
+from radflow_jax.rl.sampling import SamplerSettings, filter_logits, sample
+
+VOCAB, IMAGE, VIEWS, T = 64, 32, 2, 8
+LENS = [3, 6]  # real prompt lengths in the padded batch
+
+
+@pytest.fixture(scope="module")
+def policy():
+    """(graphdef, state) of the toy size with parameters spread out (std ~0.3)."""
+    graphdef, state = nnx.split(Policy(policy_config("toy", VOCAB, IMAGE, VIEWS), rngs=nnx.Rngs(0)))
+    leaves, treedef = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    spread = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    return graphdef, jax.tree.unflatten(treedef, spread)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    prompt = np.zeros((len(LENS), max(LENS)), np.int32)
+    for i, n in enumerate(LENS):
+        prompt[i, max(LENS) - n :] = [1, *rng.integers(7, VOCAB, n - 1)]
+    return dict(
+        image=rng.uniform(-1, 1, (len(LENS), VIEWS, IMAGE, IMAGE, 1)).astype(np.float32),
+        view_mask=np.array([[True, True], [True, False]]),
+        prompt_tokens=prompt,
+        prompt_mask=prompt != 0,
+    )
+
+
+def repeat(batch: dict, g: int) -> dict:
+    return {k: np.repeat(v, g, axis=0) for k, v in batch.items()}
+
+
+SAMPLING = dict(max_new_tokens=T, temperature=1.3, top_k=40, top_p=0.95)
+
+
+@pytest.fixture(scope="module")
+def grouped(policy, batch):
+    return sample(*policy, batch, rng=jax.random.key(7), group_size=3, **SAMPLING)
+
+
+def test_sampled_logprobs_equal_teacher_forced(policy, batch, grouped):
+    """Cached decoding gives the full forward's log-probs (temperature-1 policy) to 1e-5."""
+    out = grouped
+    assert out.tokens.shape == out.logprobs.shape == out.mask.shape == (6, T)
+    full = dict(repeat(batch, 3), target_tokens=np.asarray(out.tokens), target_mask=np.asarray(out.mask))
+    logp, _ = jax.jit(teacher_forced_logprobs, static_argnums=0)(*policy, full)
+    np.testing.assert_allclose(out.logprobs, logp, atol=1e-5, rtol=1e-5)
+    assert np.asarray(out.mask).sum() > 10 and float(jnp.min(out.logprobs)) < -1.0
+
+
+def test_group_sharing_equals_separate_prefills(policy, batch, grouped):
+    separate = sample(*policy, repeat(batch, 3), rng=jax.random.key(7), group_size=1, **SAMPLING)
+    np.testing.assert_array_equal(grouped.tokens, separate.tokens)
+    np.testing.assert_array_equal(grouped.mask, separate.mask)
+    np.testing.assert_allclose(grouped.logprobs, separate.logprobs, atol=1e-5, rtol=1e-5)
+    assert len({tuple(r) for r in np.asarray(grouped.tokens)[:3]}) > 1  # group members differ
+
+
+def test_greedy_deterministic_and_equal_to_top_k_1_and_tiny_top_p(policy, batch):
+    kw = dict(max_new_tokens=T, eos_id=-1)
+    a = sample(*policy, batch, rng=jax.random.key(0), greedy=True, **kw)
+    b = sample(*policy, batch, rng=jax.random.key(1), greedy=True, **kw)
+    k1 = sample(*policy, batch, rng=jax.random.key(2), top_k=1, temperature=2.0, **kw)
+    p0 = sample(*policy, batch, rng=jax.random.key(3), top_p=1e-6, temperature=2.0, **kw)
+    for other in (b, k1, p0):
+        np.testing.assert_array_equal(a.tokens, other.tokens)
+        np.testing.assert_allclose(a.logprobs, other.logprobs, atol=1e-6)
+    assert np.asarray(a.mask).all() and np.asarray(a.truncated).all()
+
+
+def test_left_padded_batch_equals_unpadded_single_runs(policy, batch):
+    padded = sample(*policy, batch, rng=jax.random.key(0), greedy=True, max_new_tokens=T, eos_id=-1)
+    for i, n in enumerate(LENS):
+        single = {k: v[i : i + 1] for k, v in batch.items()}
+        single["prompt_tokens"] = single["prompt_tokens"][:, -n:]
+        single["prompt_mask"] = single["prompt_mask"][:, -n:]
+        alone = sample(*policy, single, rng=jax.random.key(0), greedy=True, max_new_tokens=T, eos_id=-1)
+        np.testing.assert_array_equal(padded.tokens[i], alone.tokens[0])
+        np.testing.assert_allclose(padded.logprobs[i], alone.logprobs[0], atol=1e-5)
+
+
+def test_eos_is_kept_and_followed_by_pads(policy, batch):
+    free = sample(*policy, batch, rng=jax.random.key(0), greedy=True, max_new_tokens=T, eos_id=-1)
+    free_tokens = np.asarray(free.tokens)
+    eos = int(free_tokens[0, 3])
+    out = sample(*policy, batch, rng=jax.random.key(0), greedy=True, max_new_tokens=T, eos_id=eos, pad_id=0)
+    for i in range(len(LENS)):
+        hits = np.flatnonzero(free_tokens[i] == eos)
+        length = int(hits[0]) + 1 if hits.size else T
+        assert int(out.lengths[i]) == length and bool(out.truncated[i]) == (hits.size == 0)
+        np.testing.assert_array_equal(out.mask[i], np.arange(T) < length)
+        np.testing.assert_array_equal(out.tokens[i, :length], free_tokens[i, :length])
+        assert (np.asarray(out.tokens[i, length:]) == 0).all()
+        assert (np.asarray(out.logprobs[i, length:]) == 0).all()
+    assert int(out.lengths[0]) <= 4 and int(out.tokens[0, out.lengths[0] - 1]) == eos
+
+
+def test_filter_logits_by_hand():
+    logits = jnp.log(jnp.array([[0.1, 0.2, 0.3, 0.4]]))
+    settings = functools.partial(
+        SamplerSettings, max_new_tokens=1, group_size=1, greedy=False, eos_id=2, pad_id=0
+    )
+    top2 = filter_logits(logits, settings(temperature=1.0, top_k=2, top_p=1.0))
+    assert (np.asarray(top2[0, :2]) < -1e29).all() and np.allclose(top2[0, 2:], logits[0, 2:])
+    # nucleus 0.5: 0.4 alone has mass before it 0 (<0.5); 0.3 has 0.4 before it (<0.5); 0.2 has 0.7.
+    nucleus = filter_logits(logits, settings(temperature=1.0, top_k=0, top_p=0.5))
+    np.testing.assert_array_equal(np.asarray(nucleus[0]) > -1e29, [False, False, True, True])
+    hot = filter_logits(logits, settings(temperature=2.0, top_k=0, top_p=1.0))
+    np.testing.assert_allclose(hot, logits / 2.0)
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "base", "1b", "7b"])
+def test_sampler_shapes_for_named_sizes(size):
+    cfg = policy_config(size, vocab_size=4000, image_size=64, max_views=1)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Policy(cfg, rngs=nnx.Rngs(0))))
+    prefix = {
+        "image": jax.ShapeDtypeStruct((2, 1, 64, 64, 1), jnp.float32),
+        "view_mask": jax.ShapeDtypeStruct((2, 1), bool),
+        "prompt_tokens": jax.ShapeDtypeStruct((2, 8), jnp.int32),
+        "prompt_mask": jax.ShapeDtypeStruct((2, 8), bool),
+    }
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+    out = jax.eval_shape(
+        lambda s, p, k: sample(graphdef, s, p, rng=k, max_new_tokens=16, group_size=4), state, prefix, key
+    )
+    assert out.tokens.shape == out.logprobs.shape == out.mask.shape == (8, 16)
+    assert out.lengths.shape == out.truncated.shape == (8,)
+
+
+def test_argument_errors(policy, batch):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        sample(*policy, batch, rng=jax.random.key(0), max_new_tokens=4, temperature=0.0)
+    with pytest.raises(KeyError, match="prompt_mask"):
+        partial = {k: batch[k] for k in ("image", "view_mask", "prompt_tokens")}
+        sample(*policy, partial, rng=jax.random.key(0), max_new_tokens=4)
+    with pytest.raises(ValueError, match="exceeds max_seq_len"):
+        sample(*policy, batch, rng=jax.random.key(0), max_new_tokens=1000)
