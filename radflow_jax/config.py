@@ -14,7 +14,7 @@ import ml_collections
 from radflow_jax.parallel import mesh as mesh_lib
 from radflow_jax.rewards import schema
 
-STAGES: tuple[str, ...] = ("data", "sft", "eval")  # later: "labeler", "rl"
+STAGES: tuple[str, ...] = ("data", "sft", "rl", "eval")  # later: "labeler" between sft and rl
 DATA_SOURCES = ("synthetic", "r2gen")
 SECTION_FALLBACKS = ("error", "findings", "last_sentence")
 TOKENIZER_KINDS = ("word", "bpe")
@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.modality = "cxr"  # "cxr" | "carotid": picks the observation schema
     c.extra_critical = ()  # observations added to the modality's critical set
     c.seed = 0  # one seed for data generation, shuffling, augmentation and init
-    c.stages = ("data", "sft", "eval")  # stages run in order by radflow_jax.train
+    c.stages = ("data", "sft", "rl", "eval")  # run in order; eval scores every trained stage
     c.workdir = ""  # "" -> runs/<modality>; --workdir overrides
 
     c.data = ml_collections.ConfigDict()
@@ -102,6 +102,38 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft.log_every = 10
     c.sft.checkpoint_every = 100
     c.sft.keep_checkpoints = 2
+
+    # GRPO. Names follow TRL's GRPOConfig where the concept is the same (rl/grpo.py has the table).
+    c.rl = ml_collections.ConfigDict()
+    c.rl.num_steps = 60
+    c.rl.batch_size = 8  # prompts (images) per step; each gets group_size samples
+    c.rl.group_size = 4  # TRL num_generations
+    c.rl.learning_rate = 1e-4
+    c.rl.warmup_steps = 5
+    c.rl.grad_clip = 1.0
+    c.rl.temperature = 1.0
+    c.rl.top_k = 0  # 0 = off
+    c.rl.top_p = 1.0
+    c.rl.max_new_tokens = 0  # 0 -> data.max_target_len (TRL max_completion_length)
+    c.rl.num_iterations = 1  # updates per rollout batch, reusing its old log-probs
+    c.rl.epsilon = 0.2  # clip range below 1 (TRL epsilon)
+    c.rl.epsilon_high = 0.2  # clip range above 1 (TRL epsilon_high; DAPO uses 0.28)
+    c.rl.beta = 0.04  # KL coefficient to the frozen SFT policy (k3 estimator)
+    c.rl.loss_type = "dapo"  # grpo | dr_grpo | dapo (TRL loss_type)
+    c.rl.scale_rewards = "group"  # group | batch | none (TRL scale_rewards)
+    c.rl.mask_truncated_completions = False
+    c.rl.log_every = 5
+    c.rl.checkpoint_every = 20
+    c.rl.keep_checkpoints = 2
+
+    # Critical-aware policy optimization (DESIGN §1.3): each mechanism is a switch.
+    c.capo = ml_collections.ConfigDict()
+    c.capo.enabled = True  # tighter clip and adaptive KL for critical cases
+    c.capo.kappa = 0.5  # epsilon_crit = kappa * epsilon
+    c.capo.gamma = 1.0  # beta_crit = beta * (1 + gamma * d), d = group disagreement
+    c.capo.sensitivity = True  # local sensitivity token weights
+    c.capo.alpha = 0.5  # weight 1 + alpha on tokens of sentences stating an observation
+    c.capo.alpha_crit = 1.0  # 1 + alpha_crit for critical observations
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"
@@ -162,6 +194,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(s.batch_size % s.grad_accum == 0, "sft.grad_accum", "must divide sft.batch_size")
     _check(s.learning_rate > 0, "sft.learning_rate", "must be > 0")
     _check(s.log_every >= 1 and s.checkpoint_every >= 1, "sft.log_every", "and checkpoint_every >= 1")
+    r = config.rl
+    _check(r.group_size >= 2, "rl.group_size", "must be >= 2 (advantages are group-relative)")
+    _check(r.batch_size >= 1 and r.num_steps >= 0, "rl.batch_size", ">= 1 (and rl.num_steps >= 0)")
+    _check(r.loss_type in ("grpo", "dr_grpo", "dapo"), "rl.loss_type", "grpo, dr_grpo or dapo")
+    _check(r.scale_rewards in ("group", "batch", "none"), "rl.scale_rewards", "group, batch or none")
+    _check(r.temperature > 0, "rl.temperature", "must be > 0")
+    _check(0 < r.top_p <= 1 and r.top_k >= 0, "rl.top_p", "in (0, 1] (and top_k >= 0)")
+    _check(r.num_iterations >= 1, "rl.num_iterations", "must be >= 1")
+    _check(r.epsilon > 0 and r.epsilon_high > 0 and r.beta >= 0, "rl.epsilon", "> 0 (beta >= 0)")
+    _check(0 < config.capo.kappa <= 1, "capo.kappa", "must be in (0, 1]")
     e = config.eval
     _check(e.split in ("train", "val", "test"), "eval.split", "must be train, val or test")
     _check(e.batch_size >= 1, "eval.batch_size", "must be >= 1")

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from radflow_jax import metrics as metrics_lib
 from radflow_jax.data import prepare
 from radflow_jax.data.sections import Sections, parse_target
-from radflow_jax.rewards import labeler
+from radflow_jax.rewards import consistency, labeler
 from radflow_jax.rewards.schema import Schema
 from radflow_jax.rl.sampling import sample
 
-COMMON5 = ("Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion")
+COMMON5 = metrics_lib.CHEXPERT_COMMON5
 
 
 def report_text(sections: Sections) -> str:
@@ -69,37 +71,45 @@ def generate_split(
 
 
 def score(
-    predictions: Mapping[str, str],
-    references: Mapping[str, str],
+    predictions: Mapping[str, Sections],
+    references: Mapping[str, Sections],
     schema: Schema,
     *,
     ground_truth: Mapping[str, Sequence[int]] | None = None,
     meteor: bool = True,
 ) -> dict:
-    """All metrics for headed reports keyed by case id (predictions and references alike)."""
+    """All metrics of DESIGN §4 for sectioned reports keyed by case id.
+
+    NLG metrics read the two sections joined (no headers); labels come from the rule labeler on the
+    whole report; the consistency rate compares the generated Findings with the generated
+    Impression; ``gt_`` metrics compare the generated labels with ground truth where it exists.
+    """
     ids = sorted(references)
     missing = [i for i in ids if i not in predictions]
     if missing:
         raise KeyError(f"{len(missing)} references have no prediction, e.g. {missing[:3]}")
-    pred_text = [predictions[i] for i in ids]
-    ref_text = [references[i] for i in ids]
-    pred_labels = labeler.label_array(pred_text, schema)
-    ref_labels = labeler.label_array(ref_text, schema)
+    preds = [predictions[i] for i in ids]
+    refs = [references[i] for i in ids]
+    joined = {i: f"{p.findings} {p.impression}".strip() for i, p in zip(ids, preds)}
+    ref_joined = {i: f"{r.findings} {r.impression}".strip() for i, r in zip(ids, refs)}
+    pred_labels = labeler.label_array([report_text(p) for p in preds], schema)
+    ref_labels = labeler.label_array([report_text(r) for r in refs], schema)
     common5 = COMMON5 if schema.modality == "cxr" else None
     critical = [schema.index(c) for c in schema.critical]
-    result = metrics_lib.nlg_scores(dict(zip(ids, pred_text)), dict(zip(ids, ref_text)), meteor=meteor)
+    result = metrics_lib.nlg_scores(joined, ref_joined, meteor=meteor)
     result.update(metrics_lib.ce_scores(pred_labels, ref_labels, schema.observations, common5=common5))
     result.update(metrics_lib.critical_scores(pred_labels, ref_labels, critical))
-    result.update(metrics_lib.length_stats(pred_text))
+    result["consistency_rate"] = consistency.consistency_rate(
+        labeler.label_array([p.findings for p in preds], schema),
+        labeler.label_array([p.impression for p in preds], schema),
+        consistency.consistency_rules(schema),
+    )
+    result.update(metrics_lib.length_stats(list(joined.values())))
     if ground_truth is not None:
         gt = np.array([ground_truth[i] for i in ids])
-        gt_ce = metrics_lib.ce_scores(
-            pred_labels, gt, schema.observations, common5=common5, prefix="gt_"
-        )
-        result.update({k: v for k, v in gt_ce.items() if k in ("gt_ce14_micro_f1", "gt_ce14_macro_f1", "gt_per_observation")})
-        result["gt_critical_sensitivity"] = metrics_lib.critical_scores(pred_labels, gt, critical)[
-            "critical_sensitivity"
-        ]
+        gt_ce = metrics_lib.ce_scores(pred_labels, gt, schema.observations, common5=common5, prefix="gt_")
+        result.update({k: gt_ce[k] for k in ("gt_ce14_micro_f1", "gt_ce14_macro_f1", "gt_per_observation")})
+        result.update(metrics_lib.critical_scores(pred_labels, gt, critical, prefix="gt_"))
     return result
 
 
@@ -118,13 +128,17 @@ def evaluate_policy(
     start = time.perf_counter()
     generated = generate_split(graphdef, params, data, config, device_batch)
     records = {r.id: r for r in data.splits[config.eval.split] if r.id in generated}
-    predictions = {i: report_text(parse_target(t)) for i, t in generated.items()}
-    references = {i: report_text(Sections(r.findings, r.impression)) for i, r in records.items()}
+    predictions = {i: parse_target(t) for i, t in generated.items()}
+    references = {i: Sections(r.findings, r.impression) for i, r in records.items()}
     has_gt = all(r.labels is not None for r in records.values())
     ground_truth = {i: r.labels for i, r in records.items()} if has_gt else None
-    result = score(predictions, references, data.schema, ground_truth=ground_truth, meteor=config.eval.meteor)
+    meteor = config.eval.meteor and shutil.which("java") is not None
+    if config.eval.meteor and not meteor:
+        logging.warning("METEOR skipped: pycocoevalcap's METEOR needs Java, which is not installed")
+    result = score(predictions, references, data.schema, ground_truth=ground_truth, meteor=meteor)
     cases = [
-        {"id": i, "prediction": predictions[i], "reference": references[i]} for i in sorted(records)
+        {"id": i, "prediction": report_text(predictions[i]), "reference": report_text(references[i])}
+        for i in sorted(records)
     ]
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
     with open(os.path.join(workdir, "eval", f"{stage}.json"), "w", encoding="utf-8") as f:

@@ -4,7 +4,9 @@ Runs ``config.stages`` in order inside one workdir (default ``runs/<modality>``)
 
 - ``data``: generate or load the dataset, fit the tokenizer, run one batch through the pipeline;
 - ``sft``: supervised fine-tuning, checkpointed; a rerun resumes from the latest checkpoint;
-- ``eval``: greedy reports for the test split, scored into ``DIR/eval/<stage>.json``.
+- ``rl``: GRPO with the hierarchical reward and CAPO from the SFT policy, checkpointed likewise;
+- ``eval``: greedy reports for the test split from every trained stage, scored into
+  ``DIR/eval/<stage>.json``, and SFT vs RL side by side.
 
 The data stage always runs (it is cheap once the dataset exists): the others need its records
 and tokenizer.
@@ -27,7 +29,13 @@ from radflow_jax import config as config_lib
 from radflow_jax import checkpoint as ckpt_lib
 from radflow_jax.data import prepare
 from radflow_jax.evaluate import evaluate_policy
+from radflow_jax.rl.trainer import RLRun, run_rl
 from radflow_jax.sft.trainer import SFTRun, run_sft
+
+HEADLINE = (
+    "gt_ce14_micro_f1", "gt_ce14_macro_f1", "gt_critical_sensitivity", "ce14_micro_f1",
+    "consistency_rate", "Bleu_4", "ROUGE_L", "mean_length",
+)
 
 DEFAULT_CONFIG = "configs/cxr.py"
 _CONFIG = config_flags.DEFINE_config_file(
@@ -63,27 +71,50 @@ def main(argv: list[str]) -> None:
     logging.info("workdir %s on %s", workdir, jax.devices())
     print(f"RadFlow-JAX · {config.modality} · stages {list(config.stages)} · workdir {workdir}")
     data = run_data_stage(config, workdir)
-    run = state = None
+    sft_run = sft_state = None
     if "sft" in config.stages:
-        run, state = run_sft(config, workdir, data)
+        sft_run, sft_state = run_sft(config, workdir, data)
+    if "rl" in config.stages or "eval" in config.stages:
+        sft_run, sft_state, sft_step = _latest(config, workdir, data, "sft", sft_run, sft_state)
     if "eval" in config.stages:
-        run, state, step = _latest_sft(config, workdir, data, run, state)
-        _eval_once(config, workdir, data, run, state, stage="sft", step=step)
+        _eval_once(config, workdir, data, sft_run, sft_state, stage="sft", step=sft_step)
+    rl_run = rl_state = None
+    if "rl" in config.stages:
+        rl_run, rl_state = run_rl(config, workdir, data, sft_run.policy_state(sft_state))
+    if "eval" in config.stages and (rl_state is not None or _has_checkpoint(workdir, "rl")):
+        rl_run, rl_state, rl_step = _latest(config, workdir, data, "rl", rl_run, rl_state)
+        _eval_once(config, workdir, data, rl_run, rl_state, stage="rl", step=rl_step)
+        _print_comparison(workdir)
 
 
-def _latest_sft(config, workdir, data, run, state):
-    """The SFT policy just trained, or restored from the workdir for an eval-only run."""
-    checkpointer = ckpt_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints", "sft"), save_every=1, keep=config.sft.keep_checkpoints
-    )
-    with checkpointer:
+def _has_checkpoint(workdir: str, stage: str) -> bool:
+    return os.path.isdir(os.path.join(workdir, "checkpoints", stage))
+
+
+def _latest(config, workdir, data, stage: str, run, state):
+    """The policy a stage just trained, or restored from the workdir (eval-only runs)."""
+    directory = os.path.join(workdir, "checkpoints", stage)
+    with ckpt_lib.Checkpointer(directory, save_every=1, keep=1) as checkpointer:
         step = checkpointer.latest_step()
         if step is None:
-            raise SystemExit(f"eval: no SFT checkpoint in {workdir}/checkpoints/sft; run the sft stage")
+            raise SystemExit(f"no {stage} checkpoint in {directory}; run the {stage} stage first")
         if state is None:
-            run = SFTRun(config, data.tokenizer.vocab_size)
+            run = (RLRun if stage == "rl" else SFTRun)(config, data.tokenizer.vocab_size)
             state, step = checkpointer.restore(run.abstract_state)
     return run, state, step
+
+
+def _print_comparison(workdir: str) -> None:
+    """SFT vs RL on the headline metrics, side by side."""
+    rows = {}
+    for stage in ("sft", "rl"):
+        with open(os.path.join(workdir, "eval", f"{stage}.json"), encoding="utf-8") as f:
+            rows[stage] = json.load(f)["metrics"]
+    print(f"{'metric':<26}{'sft':>9}{'rl':>9}{'delta':>9}")
+    for key in HEADLINE:
+        a, b = rows["sft"].get(key), rows["rl"].get(key)
+        if a is not None and b is not None:
+            print(f"{key:<26}{a:>9.3f}{b:>9.3f}{b - a:>+9.3f}")
 
 
 def _eval_once(config, workdir, data, run, state, *, stage: str, step: int) -> None:
@@ -98,8 +129,7 @@ def _eval_once(config, workdir, data, run, state, *, stage: str, step: int) -> N
     metrics = evaluate_policy(
         graphdef, params, data, config, workdir, stage=stage, step=step, device_batch=run.device_batch
     )
-    keys = ("gt_ce14_micro_f1", "gt_ce14_macro_f1", "gt_critical_sensitivity", "ce14_micro_f1", "Bleu_4", "ROUGE_L")
-    print("[eval] " + ", ".join(f"{k}={metrics[k]:.3f}" for k in keys if metrics.get(k) is not None))
+    print("[eval] " + ", ".join(f"{k}={metrics[k]:.3f}" for k in HEADLINE if metrics.get(k) is not None))
 
 
 def run() -> None:

@@ -128,18 +128,26 @@ def train_step(
 class SFTRun:
     """Builds the sharded model, optimizer and jitted step for a config; used by train and tests."""
 
-    def __init__(self, config: ml_collections.ConfigDict, vocab_size: int):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        vocab_size: int,
+        optimizer_config: ml_collections.ConfigDict | None = None,
+    ):
+        """``optimizer_config`` (default ``config.sft``) holds the AdamW/schedule fields."""
         self.config = config
         self.mesh = mesh_lib.make_mesh(dict(config.mesh.shape))
         self.rules = tuple(config.mesh.rules)
         self.model_config = make_policy_config(config, vocab_size)
-        self.tx, self.schedule = make_optimizer(config.sft)
+        self.tx, self.schedule = make_optimizer(optimizer_config or config.sft)
 
         def create():
             model = Policy(self.model_config, rngs=nnx.Rngs(config.seed))
             return model, nnx.Optimizer(model, self.tx, wrt=nnx.Param)
 
-        self.graphdef, abstract = nnx.split(nnx.eval_shape(create))
+        abstract_model, abstract_optimizer = nnx.eval_shape(create)
+        self.graphdef, abstract = nnx.split((abstract_model, abstract_optimizer))
+        self.policy_def = nnx.graphdef(abstract_model)
         self.shardings = mesh_lib.state_shardings(abstract, self.mesh, self.rules)
         self.abstract_state = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.shardings
@@ -166,6 +174,20 @@ class SFTRun:
     def policy(self, state: nnx.State) -> Policy:
         model, _ = nnx.merge(self.graphdef, state)
         return model
+
+    def policy_state(self, state: nnx.State) -> nnx.State:
+        """The policy's own variables (no optimizer), e.g. for sampling or a KL reference."""
+        return nnx.split(self.policy(state))[1]
+
+    def init_from_policy(self, policy_state: nnx.State) -> nnx.State:
+        """A train state with these policy variables and a fresh optimizer, laid out sharded."""
+
+        def build(p):
+            model = nnx.merge(self.policy_def, p)
+            return nnx.split((model, nnx.Optimizer(model, self.tx, wrt=nnx.Param)))[1]
+
+        with self.mesh:
+            return jax.jit(build, out_shardings=self.shardings)(policy_state)
 
 
 def run_sft(

@@ -1,0 +1,74 @@
+"""Carotid duplex mention patterns for the rule labeler (per-side SRU consensus observations).
+
+``{side}`` in an observation name is filled in by the labeler from the laterality of the sentence
+(or the side carried over from a ``RIGHT:``/``LEFT:`` paragraph). Choices worth knowing:
+
+- SRU bands come from their percentages ("70 % or greater", ">= 70%", "50-69 %", "less than 50 %")
+  or their words ("severe"/"high-grade"/"critical" ≥ 70 %, "moderate" 50-69 %, "mild"/"minimal"
+  < 50 % stenosis); "near-occlusion", "string sign", "trickle flow" are near-occlusion; "occlusion",
+  "occluded", "no flow"/"absent flow" are occlusion.
+- Velocity-only sentences (PSV, EDV, ICA/CCA ratio) are not mapped to bands: the reported band is
+  what the radiologist concluded, and velocity criteria differ between laboratories.
+- A stenosis mention without a band counts only when negated: "no stenosis" negates every band,
+  "no hemodynamically significant stenosis" the bands from 50 % up.
+- Intima-media thickness with a number: > 1.0 mm is thickening, unless hedged ("borderline",
+  "possibly"), which makes it uncertain.
+"""
+
+from __future__ import annotations
+
+from radflow_jax.rewards.labeler import Rule
+
+_BANDS = ("{side} Stenosis <50%", "{side} Stenosis 50-69%", "{side} Stenosis >=70%",
+          "{side} Near Occlusion", "{side} Occlusion")
+_STENOSIS = r"stenos[ie]s|narrowing"
+_GRADE_WORDS = r"(?:\w+ ){0,2}?(?:" + _STENOSIS + r")"
+IMT_THRESHOLD_MM = 1.0
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        ("No Finding",),
+        r"\bnormal (?:bilateral )?carotid (?:duplex )?(?:doppler )?(?:ultrasound|sonogram|examination|exam|study)\b",
+    ),
+    Rule(("{side} Plaque",), r"\b(?:plaques?|atheromas?|atheromatous (?:disease|changes?))\b"),
+    Rule(
+        ("{side} Intima-Media Thickening",),
+        r"\b(?:intima[- ]media thickening|intimal thickening|(?P<anchor>thicken(?:ed|ing)) (?:of )?(?:the )?"
+        r"intima(?:[- ]media)?(?: complex)?|(?:intima[- ]media (?:thickness|complex)|imt|cimt)\b[^.;\d]{0,30}?"
+        r"(?P<anchor2>thickened|increased))\b",
+    ),
+    Rule(
+        ("{side} Intima-Media Thickening",),
+        r"\b(?:intima[- ]media (?:thickness|complex)|imt|cimt)\b[^.;\d]{0,40}?(?P<num>\d+(?:\.\d+)?)\s*mm\b",
+        threshold=IMT_THRESHOLD_MM,
+    ),
+    Rule(
+        ("{side} Stenosis >=70%",),
+        r"(?:(?:>=?|≥|greater than|more than|at least)\s*70\s*%"
+        r"|\b70\s*%\s*(?:or (?:greater|more)|and (?:greater|above)|\+)|\b70\s*(?:-|–|to)\s*99\s*%|\b(?:severe|high[- ]grade|critical|tight|significant high[- ]grade) "
+        + _GRADE_WORDS + r")",
+    ),
+    Rule(
+        ("{side} Stenosis 50-69%",),
+        r"(?:\b50\s*(?:-|–|to)\s*69\s*%|\bmoderate " + _GRADE_WORDS + r")",
+    ),
+    Rule(
+        ("{side} Stenosis <50%",),
+        r"(?:(?:<|less than|under|below)\s*50\s*%|\b(?:1\s*-\s*)?49\s*%|\b(?:mild|minimal|minor) "
+        + _GRADE_WORDS + r")",
+    ),
+    Rule(
+        ("{side} Near Occlusion",),
+        r"\b(?:near[- ]?occlu(?:sion|sive|ded)|string sign|trickle (?:of )?flow|(?:sub-?total|pseudo-?)\s*occlusion)",
+    ),
+    Rule(
+        ("{side} Occlusion",),
+        r"\b(?:occlu(?:sion|ded|sive)|(?:no|absent|absence of) flow(?![- ]*limiting)|flow is absent)\b",
+        unmention=r"\b(?:near[- ]?|sub-?total\s*|pseudo-?\s*|non-?)occlu\w*",
+    ),
+    Rule(_BANDS[1:], r"\b(?:hemodynamically |haemodynamically |flow[- ]limiting |significant )+(?:\w+ )?(?:"
+         + _STENOSIS + r")\b", negated_only=True),
+    Rule(_BANDS, r"\b(?:" + _STENOSIS + r")\b", negated_only=True,
+         unmention=r"\b(?:hemodynamically |haemodynamically |flow[- ]limiting |significant )+(?:\w+ )?(?:"
+         + _STENOSIS + r")\b"),
+)
