@@ -167,7 +167,7 @@ def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng):
     )
     rewards, terms = run.reward_fn(inputs, reward_cfg)
     advantages = grpo.group_advantages(rewards, g, scale=rl.scale_rewards)
-    critical_index = tuple(data.schema.index(c) for c in data.schema.critical)
+    critical_index = capo.critical_index(data.schema)
     critical = capo.critical_cases(ref_labels[:, 0], critical_index)
     d = capo.group_disagreement(gen_labels[:, 0], ref_labels[:, 0], critical_index, g)
     eps_low, eps_high, beta = capo.per_sample_trust_region(
@@ -186,7 +186,7 @@ def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng):
     metrics.update(update_metrics)
     metrics["response_length"] = jnp.mean(out.lengths.astype(jnp.float32))
     metrics["truncated_fraction"] = jnp.mean(out.truncated.astype(jnp.float32))
-    metrics.update(capo.capo_metrics(critical, eps_low, eps_high, beta))
+    metrics.update(capo.capo_metrics(critical, d, eps_low, eps_high, beta, g))
     return state, metrics
 
 
