@@ -12,7 +12,7 @@ import os
 import ml_collections
 
 from radflow_jax.parallel import mesh as mesh_lib
-from radflow_jax.rewards import schema
+from radflow_jax.rewards import hierarchy, schema
 
 STAGES: tuple[str, ...] = ("data", "sft", "rl", "eval")  # later: "labeler" between sft and rl
 DATA_SOURCES = ("synthetic", "r2gen")
@@ -135,6 +135,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.capo.alpha = 0.5  # weight 1 + alpha on tokens of sentences stating an observation
     c.capo.alpha_crit = 1.0  # 1 + alpha_crit for critical observations
 
+    # Hierarchical reward (DESIGN §1.1); weights are normalised by their sum.
+    c.reward = ml_collections.ConfigDict()
+    c.reward.mode = "hierarchical"  # | "flat": fluency + correctness on the whole report (ablation)
+    c.reward.w_flu = 1.0
+    c.reward.w_cor = 2.0
+    c.reward.w_con = 1.0
+    c.reward.w_imp = 1.0
+    c.reward.uncertain_as = "negative"  # negative | positive | half (uncertain labels in the F1s)
+    c.reward.critical_weight = 2.0  # critical observations in correctness, impression, consistency
+    c.reward.uncertain_penalty = 0.5  # consistency: an uncertain mismatch relative to a contradiction
+    c.reward.nlg = ml_collections.ConfigDict(dict(bleu4=0.5, rouge_l=0.5, cider_d=0.0))
+    c.reward.impression_rouge_weight = 0.5  # impression = (1-a)·label F1 + a·ROUGE-L
+    c.reward.length_band = (0.5, 2.0)  # generated words / reference words
+    c.reward.repeat_margin = 0.2  # allowed repeated-4-gram share above the reference's
+    c.reward.gate_consistency = True  # consistency × sections gate
+
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"
     c.eval.batch_size = 64
@@ -204,6 +220,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(r.num_iterations >= 1, "rl.num_iterations", "must be >= 1")
     _check(r.epsilon > 0 and r.epsilon_high > 0 and r.beta >= 0, "rl.epsilon", "> 0 (beta >= 0)")
     _check(0 < config.capo.kappa <= 1, "capo.kappa", "must be in (0, 1]")
+    _check(config.reward.nlg.cider_d == 0, "reward.nlg.cider_d", "CIDEr-D in the RL reward is not wired yet")
+    try:
+        hierarchy.reward_config_from(config.reward, schema.get_schema(config.modality))
+    except ValueError as e:
+        raise ConfigError(f"config.reward: {e}") from None
     e = config.eval
     _check(e.split in ("train", "val", "test"), "eval.split", "must be train, val or test")
     _check(e.batch_size >= 1, "eval.batch_size", "must be >= 1")

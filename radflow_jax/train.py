@@ -63,6 +63,8 @@ def run_data_stage(config: ml_collections.ConfigDict, workdir: str) -> prepare.P
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax/jax INFO lines would drown the progress bar
     config = config_lib.validate(_CONFIG.value)
     workdir = config_lib.resolve_workdir(config, _WORKDIR.value)
     os.makedirs(workdir, exist_ok=True)
