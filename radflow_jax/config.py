@@ -15,7 +15,7 @@ from radflow_jax.parallel import mesh as mesh_lib
 from radflow_jax.rewards import hierarchy, schema
 
 STAGES: tuple[str, ...] = ("data", "sft", "rl", "eval")  # later: "labeler" between sft and rl
-DATA_SOURCES = ("synthetic", "r2gen")
+DATA_SOURCES = ("synthetic", "r2gen", "mimic_cxr_jpg", "openi_xml", "jsonl", "tfds")
 SECTION_FALLBACKS = ("error", "findings", "last_sentence")
 TOKENIZER_KINDS = ("word", "bpe")
 MODEL_SIZES = ("toy", "tiny", "small", "base", "1b", "7b")
@@ -52,7 +52,14 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     d = c.data
-    d.source = "synthetic"  # "synthetic": generate into <workdir>/data; "r2gen": read d.dir
+    # synthetic (generated into <workdir>/data) | r2gen | mimic_cxr_jpg | openi_xml | jsonl | tfds;
+    # what annotation/labels mean per source: the table in data/sources.py
+    d.source = "synthetic"
+    d.tfds_name = ""  # tfds: prepared dataset, e.g. "iu_xray", "mimic_cxr", "jsonl_studies/carotid"
+    d.reports_dir = ""  # mimic_cxr_jpg: folder holding files/pXX/pN/sM.txt, relative to d.dir
+    d.view_order = ("PA", "AP", "LATERAL", "LL")  # mimic_cxr_jpg: view order; max_views keeps the first
+    d.split_seed = 0  # openi_xml/jsonl: seed of splits drawn from record ids (independent of c.seed)
+    d.split_fractions = (0.7, 0.1, 0.2)  # openi_xml/jsonl: train/val/test shares of drawn splits
     d.dir = ""  # dataset folder holding the annotation file ("" -> <workdir>/data for synthetic)
     d.annotation = "annotation.json"  # R2Gen annotation file, relative to d.dir
     d.image_root = ""  # folder image paths are relative to ("" -> d.dir); paths may not escape it
@@ -176,6 +183,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     d = config.data
     _check(d.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}")
     _check(d.source == "synthetic" or bool(d.dir), "data.dir", "is required for real datasets")
+    _check(d.source != "tfds" or bool(d.tfds_name), "data.tfds_name", "is required when data.source='tfds'")
+    fr = tuple(d.split_fractions)
+    _check(len(fr) == 3 and min(fr) >= 0 and abs(sum(fr) - 1) < 1e-6, "data.split_fractions",
+           "must be 3 shares >= 0 summing to 1")
     for name in ("num_train", "num_val", "num_test"):
         _check(d[name] >= 0, f"data.{name}", "must be >= 0")
     _check(d.num_train > 0, "data.num_train", "must be > 0")

@@ -10,9 +10,12 @@ splits) are always errors: skipping them would silently train on nothing.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +30,11 @@ _LABEL_VALUES = (1, 0, -1, None)
 
 
 class RecordError(ValueError):
-    """A bad input record; the message names file, record id (and location) and field."""
+    """A bad input record; the message names file, record id (and location) and field.
+
+    ``reason`` is a short category for skip counts ("missing image", "duplicate id", ...); it
+    defaults to the field name without indices.
+    """
 
     def __init__(
         self,
@@ -37,9 +44,11 @@ class RecordError(ValueError):
         message: str,
         *,
         location: str | None = None,
+        reason: str = "",
     ):
         self.file, self.record_id, self.field = file, record_id, field
         self.message, self.location = message, location
+        self.reason = reason or re.sub(r"\[.*?\]", "", field) or "file"
         parts = []
         if record_id is not None:
             parts.append(f"record {record_id!r}" + (f" ({location})" if location else ""))
@@ -53,33 +62,39 @@ class RecordError(ValueError):
     def __reduce__(self):  # picklable across Grain worker processes despite the custom __init__
         return (
             _rebuild_record_error,
-            (self.file, self.record_id, self.field, self.message, self.location),
+            (self.file, self.record_id, self.field, self.message, self.location, self.reason),
         )
 
     @classmethod
-    def at(cls, record: Record, field: str, message: str) -> RecordError:
+    def at(cls, record: Record, field: str, message: str, reason: str = "") -> RecordError:
         """An error about ``field`` of an already loaded record (used at decode time)."""
         file, _, location = record.where.rpartition(":")
-        return cls(file, record.id, field, message, location=location)
+        return cls(file, record.id, field, message, location=location, reason=reason)
 
 
-def _rebuild_record_error(file, record_id, field, message, location) -> RecordError:
-    return RecordError(file, record_id, field, message, location=location)
+def _rebuild_record_error(file, record_id, field, message, location, reason) -> RecordError:
+    return RecordError(file, record_id, field, message, location=location, reason=reason)
 
 
 @dataclasses.dataclass(frozen=True)
 class Record:
-    """One study: absolute image paths (inside the image root), report and its two sections."""
+    """One study: its images, report and the report's two sections.
+
+    Images are absolute paths inside the image root or, for records read back from TFDS
+    ArrayRecord files, the encoded PNG/JPEG bytes themselves.
+    """
 
     id: str
     split: str
-    image_paths: tuple[str, ...]
+    image_paths: tuple[str | bytes, ...]
     report: str
     findings: str
     impression: str
     labels: tuple[int, ...] | None  # schema order, LABEL_BLANK for "not mentioned"
     critical: bool | None
     where: str  # "annotation.json:train[12]", for messages
+    indication: str = ""  # clinical indication where the source has one (MIMIC, Open-I)
+    tags: tuple[str, ...] = ()  # weak labels kept as text (Open-I MeSH terms)
 
 
 @dataclasses.dataclass
@@ -87,9 +102,14 @@ class SkipReport:
     """Records left out with ``on_bad_record="skip"``, with the reason for each."""
 
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def __len__(self) -> int:
         return len(self.skipped)
+
+    def add(self, error: RecordError) -> None:
+        self.skipped.append((error.record_id or error.location or error.file, str(error)))
+        self.reasons[error.reason] += 1
 
     def summary(self, max_listed: int = 5) -> str:
         if not self.skipped:
@@ -130,17 +150,48 @@ def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([path, root]) == root
 
 
-def _check_image(path: str, verify: bool) -> str | None:
-    """Why the image at ``path`` is unusable, or None."""
+def _check_image(path: str, verify: bool) -> tuple[str, str] | None:
+    """(reason, message) saying why the image at ``path`` is unusable, or None."""
     if not os.path.isfile(path):
-        return f"file not found: {path}"
+        return "missing image", f"file not found: {path}"
     if verify:
         try:
             with Image.open(path) as im:
                 im.verify()
         except Exception as e:  # PIL raises many types for corrupt files
-            return f"corrupt or undecodable image {path}: {type(e).__name__}: {e}"
+            return "corrupt image", f"corrupt or undecodable image {path}: {type(e).__name__}: {e}"
     return None
+
+
+def bad_record_handler(on_bad_record: str, report: SkipReport):
+    """The ``on_error(RecordError)`` callback of a loader: raise, or count the skip in ``report``."""
+    if on_bad_record not in ON_BAD_RECORD:
+        raise ValueError(f"on_bad_record must be one of {ON_BAD_RECORD}, got {on_bad_record!r}")
+
+    def on_error(e: RecordError) -> None:
+        if on_bad_record == "error":
+            raise e
+        report.add(e)
+
+    return on_error
+
+
+SPLIT_FRACTIONS = (0.7, 0.1, 0.2)  # train/val/test, R2Gen's split of IU X-Ray
+
+
+def assign_split(record_id: str, seed: int, fractions: Sequence[float] = SPLIT_FRACTIONS) -> str:
+    """A stable train/val/test split for datasets that have none (Open-I, one's own studies).
+
+    A hash of (seed, id), so a record's split never depends on which other records exist or were
+    skipped, and no global random state is touched.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must be 3 non-negative numbers summing to 1: {fractions}")
+    digest = hashlib.sha256(f"{seed}/{record_id}".encode("utf-8", "surrogateescape")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
+    if u < fractions[0]:
+        return "train"
+    return "val" if u < fractions[0] + fractions[1] else "test"
 
 
 class _Loader:
@@ -152,8 +203,8 @@ class _Loader:
         self.section_fallback = section_fallback
         self.verify_images = verify_images
 
-    def error(self, record_id, field, message, location) -> RecordError:
-        return RecordError(self.file, record_id, field, message, location=location)
+    def error(self, record_id, field, message, location, reason="") -> RecordError:
+        return RecordError(self.file, record_id, field, message, location=location, reason=reason)
 
     def record_id(self, raw: Any, location: str) -> str:
         if not isinstance(raw, dict):
@@ -164,12 +215,12 @@ class _Loader:
         if not isinstance(rid, str) or not rid.strip():
             raise self.error(None, "id", f"missing or not a non-empty string: {rid!r}", location)
         if _has_surrogates(rid):
-            raise self.error(_show(rid), "id", "not valid UTF-8", location)
+            raise self.error(_show(rid), "id", "not valid UTF-8", location, "not UTF-8")
         return rid
 
     def record(self, raw: dict, rid: str, split: str, location: str) -> Record:
-        def fail(field: str, message: str) -> RecordError:
-            return self.error(rid, field, message, location)
+        def fail(field: str, message: str, reason: str = "") -> RecordError:
+            return self.error(rid, field, message, location, reason)
 
         if "split" in raw and raw["split"] != split:
             raise fail("split", f"{raw['split']!r} does not match the list it is in ({split!r})")
@@ -177,9 +228,9 @@ class _Loader:
         if not isinstance(report, str):
             raise fail("report", f"missing or not a string: {type(report).__name__}")
         if _has_surrogates(report):
-            raise fail("report", f"not valid UTF-8: {_show(report)[:80]!r}")
+            raise fail("report", f"not valid UTF-8: {_show(report)[:80]!r}", "not UTF-8")
         if not report.strip():
-            raise fail("report", "empty report")
+            raise fail("report", "empty report", "empty report")
         try:
             sections = parse_sections(report, fallback=self.section_fallback)
         except SectionError as e:
@@ -204,13 +255,16 @@ class _Loader:
         if not isinstance(rel, str) or not rel:
             raise fail(field, f"not a non-empty string: {rel!r}")
         if _has_surrogates(rel):
-            raise fail(field, f"not valid UTF-8: {_show(rel)!r}")
+            raise fail(field, f"not valid UTF-8: {_show(rel)!r}", "not UTF-8")
         path = os.path.realpath(os.path.join(self.root, rel))
         if not _inside(path, self.root):
-            raise fail(field, f"path {rel!r} resolves to {path}, outside the image root {self.root}")
+            raise fail(
+                field, f"path {rel!r} resolves to {path}, outside the image root {self.root}",
+                "image outside root",
+            )
         problem = _check_image(path, self.verify_images)
         if problem:
-            raise fail(field, problem)
+            raise fail(field, problem[1], problem[0])
         return path
 
 
@@ -280,7 +334,10 @@ def _read_labels(path: str, schema: Schema, on_error) -> tuple[dict, dict[str, s
                     ) from None
                 rid, labels, critical = _parse_label_row(row, path, line_no, schema)
                 if rid in by_id:
-                    raise RecordError(path, rid, "id", "duplicate id", location=f"line {line_no}")
+                    raise RecordError(
+                        path, rid, "id", "duplicate id", location=f"line {line_no}",
+                        reason="duplicate id",
+                    )
                 by_id[rid] = (labels, critical)
             except RecordError as e:
                 on_error(e)
@@ -314,8 +371,8 @@ def load_r2gen(
     ``verify_images`` runs PIL's cheap ``verify()`` (header and, for PNG, checksums; JPEG data is
     only checked when the pipeline decodes it, which raises the same kind of ``RecordError``).
     """
-    if on_bad_record not in ON_BAD_RECORD:
-        raise ValueError(f"on_bad_record must be one of {ON_BAD_RECORD}, got {on_bad_record!r}")
+    report = SkipReport()
+    on_error = bad_record_handler(on_bad_record, report)
     data = _read_json_file(annotation_path)
     if not isinstance(data, dict):
         raise RecordError(annotation_path, None, "", f"top level is a {type(data).__name__}, "
@@ -324,13 +381,6 @@ def load_r2gen(
     if missing:
         raise RecordError(annotation_path, None, "", f"split(s) {missing} not found; the file "
                           f"has {sorted(map(_show, data))}")
-    report = SkipReport()
-
-    def on_error(e: RecordError) -> None:
-        if on_bad_record == "error":
-            raise e
-        report.skipped.append((e.record_id or e.location or e.file, str(e)))
-
     labels, bad_labels, blank = {}, {}, ()
     if labels_path is not None:
         schema = _schema_for(labels_path, schema)
@@ -352,7 +402,9 @@ def load_r2gen(
             try:
                 rid = loader.record_id(raw, location)
                 if rid in seen:
-                    raise loader.error(rid, "id", f"duplicate id (first at {seen[rid]})", location)
+                    raise loader.error(
+                        rid, "id", f"duplicate id (first at {seen[rid]})", location, "duplicate id"
+                    )
                 seen[rid] = location
                 if rid in bad_labels:
                     continue  # already counted when its labels row was read

@@ -22,8 +22,9 @@ Batch layout (numpy; B = batch_size // process_count, V = max_views):
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
-from collections.abc import Sequence
+from collections.abc import MutableSequence, Sequence
 
 import grain
 import numpy as np
@@ -37,9 +38,9 @@ from radflow_jax.rewards.schema import LABEL_BLANK
 _PREFETCH_BATCHES = 4  # per process; a batch of 32 two-view 256² images is ~16 MB
 
 
-def _decode_gray(path: str, image_size: int) -> np.ndarray:
-    """PNG/JPEG → float32 [image_size, image_size] in [-1, 1] (bilinear with antialiasing)."""
-    with Image.open(path) as im:
+def _decode_gray(source: str | bytes, image_size: int) -> np.ndarray:
+    """PNG/JPEG file or encoded bytes → float32 [image_size, image_size] in [-1, 1] (bilinear)."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
         im.draft("L", (image_size, image_size))  # JPEG: decode at reduced scale, much faster
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit PNGs (DICOM exports)
             im = Image.fromarray(np.asarray(im, np.float32) / 65535.0, mode="F")
@@ -72,10 +73,11 @@ def target_tokens(tokenizer: ReportTokenizer, sections: Sections, max_target_len
 class LoadExample(grain.transforms.Map):
     """Record position → one example: decoded views, labels and tokens (position -1 → padding).
 
-    Records with more than ``max_views`` images keep their first ``max_views``.
+    Records with more than ``max_views`` images keep their first ``max_views``. An image is a
+    file path or, for records read from TFDS/ArrayRecord, the encoded PNG/JPEG bytes.
     """
 
-    records: tuple[Record, ...]
+    records: Sequence[Record]  # a tuple, or a lazy read-only sequence (tfds/source.py)
     tokenizer: ReportTokenizer
     image_size: int
     max_views: int
@@ -97,9 +99,10 @@ class LoadExample(grain.transforms.Map):
                 try:
                     image[k, :, :, 0] = _decode_gray(path, s)
                 except Exception as e:  # PIL/OS errors of many types; name the record instead
+                    what = path if isinstance(path, str) else f"({len(path)} encoded bytes)"
                     raise RecordError.at(
                         record, f"image_path[{k}]",
-                        f"cannot decode image {path}: {type(e).__name__}: {e}",
+                        f"cannot decode image {what}: {type(e).__name__}: {e}", "corrupt image",
                     ) from None
                 view_mask[k] = True
             if record.labels is not None:
@@ -211,7 +214,8 @@ def make_dataset(
         raise ValueError("image_size, max_views and max_target_len must be positive")
     local_batch = batch_size // process_count
     load = LoadExample(
-        records=tuple(records),
+        # Copy a list so later edits cannot change the batches; keep lazy sequences lazy.
+        records=tuple(records) if isinstance(records, MutableSequence) else records,
         tokenizer=tokenizer,
         image_size=image_size,
         max_views=max_views,

@@ -10,13 +10,14 @@ import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Sequence
 
 import grain
 import ml_collections
 import numpy as np
 from absl import logging
 
-from radflow_jax.data import formats, pipeline
+from radflow_jax.data import formats, pipeline, sources
 from radflow_jax.data.sections import Sections, format_target
 from radflow_jax.data.synthetic import writer
 from radflow_jax.data.tokenizer import ReportTokenizer, train_tokenizer
@@ -26,7 +27,7 @@ from radflow_jax.rewards import schema as schema_lib
 @dataclasses.dataclass(frozen=True)
 class PreparedData:
     data_dir: str
-    splits: dict[str, list[formats.Record]]
+    splits: dict[str, Sequence[formats.Record]]
     tokenizer: ReportTokenizer
     schema: schema_lib.Schema
     skips: formats.SkipReport
@@ -140,17 +141,9 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> PreparedDat
         logging.info("generated synthetic %s data in %s", config.modality, data_dir)
     d = config.data
     schema = schema_lib.get_schema(config.modality, tuple(config.extra_critical))
-    splits, skips = formats.load_r2gen(
-        os.path.join(data_dir, d.annotation),
-        image_root=os.path.join(data_dir, d.image_root) if d.image_root else None,
-        labels_path=os.path.join(data_dir, d.labels) if d.labels else None,
-        schema=schema,
-        section_fallback=d.section_fallback,
-        on_bad_record=d.on_bad_record,
-        verify_images=d.verify_images,
-    )
+    splits, skips = sources.load_records(config, data_dir, schema)
     if not splits.get("train"):
-        raise ValueError(f"{os.path.join(data_dir, d.annotation)}: no usable train records")
+        raise ValueError(f"{data_dir}: no usable train records (data.source={d.source!r})")
     tok = _tokenizer(config, splits["train"], os.path.join(workdir, "tokenizer"))
     summary = _summary(splits, tok, schema, config, skips)
     truncated = summary["target_tokens"]["truncated"]
@@ -189,3 +182,9 @@ def make_split_dataset(
         augment=d.augment and train,
         num_workers=d.num_workers,
     )
+
+
+if __name__ == "__main__":  # python -m radflow_jax.data.prepare --dataset=iu_xray --manual_dir=... --data_dir=...
+    from radflow_jax.data.tfds import cli
+
+    cli.run()
