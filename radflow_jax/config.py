@@ -97,11 +97,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.rules = DEFAULT_RULES
 
     c.sft = ml_collections.ConfigDict()
-    c.sft.num_steps = 300
-    c.sft.batch_size = 32  # global batch
+    c.sft.num_steps = 400
+    c.sft.batch_size = 16  # global batch
     c.sft.grad_accum = 1  # micro-batches per step (batch_size must divide)
     c.sft.learning_rate = 1e-3
-    c.sft.warmup_steps = 30
+    c.sft.warmup_steps = 20
     c.sft.min_lr_ratio = 0.1  # cosine decays to learning_rate * min_lr_ratio
     c.sft.weight_decay = 0.01
     c.sft.grad_clip = 1.0
@@ -112,7 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # GRPO. Names follow TRL's GRPOConfig where the concept is the same (rl/grpo.py has the table).
     c.rl = ml_collections.ConfigDict()
-    c.rl.num_steps = 60
+    c.rl.num_steps = 40
     c.rl.batch_size = 8  # prompts (images) per step; each gets group_size samples
     c.rl.group_size = 4  # TRL num_generations
     c.rl.learning_rate = 1e-4

@@ -22,7 +22,7 @@ from radflow_jax.data import pipeline
 from radflow_jax.data.formats import Record
 from radflow_jax.data.sections import parse_target
 from radflow_jax.data.tokenizer import ReportTokenizer
-from radflow_jax.evaluate import report_text
+from radflow_jax.scoring import report_text
 from radflow_jax.rl.sampling import sample
 from radflow_jax.sft.trainer import SFTRun
 

@@ -28,7 +28,7 @@ from ml_collections import config_flags
 from radflow_jax import config as config_lib
 from radflow_jax import checkpoint as ckpt_lib
 from radflow_jax.data import prepare
-from radflow_jax.evaluate import evaluate_policy
+from radflow_jax.scoring import evaluate_policy
 from radflow_jax.rl.trainer import RLRun, run_rl
 from radflow_jax.sft.trainer import SFTRun, run_sft
 

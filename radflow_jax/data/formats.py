@@ -349,6 +349,19 @@ def _read_labels(path: str, schema: Schema, on_error) -> tuple[dict, dict[str, s
 # ----------------------------------------------------------------------------------- public
 
 
+def read_labels_jsonl(path: str, schema: Schema) -> dict[str, tuple[int, ...]]:
+    """Ground-truth labels by id from a labels.jsonl file (schema order, LABEL_BLANK for null).
+
+    The first bad line raises a ``RecordError`` naming the line.
+    """
+
+    def fail(error: RecordError) -> None:
+        raise error
+
+    by_id, _ = _read_labels(path, schema, fail)
+    return {rid: labels for rid, (labels, _) in by_id.items()}
+
+
 def load_r2gen(
     annotation_path: str,
     *,

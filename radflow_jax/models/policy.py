@@ -89,7 +89,7 @@ class PolicyConfig:
 
 # Named sizes. Vision: hidden, layers, heads, mlp, patch. Text: hidden, layers, heads, kv_heads,
 # head_dim, mlp, rope_theta, text_len (tokens budgeted beyond the image prefix for max_seq_len).
-# Parameter counts at vocab 4000: toy ~0.3M (unit tests), tiny ~5M (CPU demo), small ~27M,
+# Parameter counts at vocab 4000: toy ~0.3M (unit tests), tiny ~2.2M (CPU demo, minutes on 2 cores), small ~27M,
 # base ~104M; `1b` is a SigLIP-B/16 tower with a Llama-3.2-1B-like decoder and `7b` a
 # SigLIP-So400m-like tower (patch 16) with a Llama-2-7B-like decoder: sizes for accelerators.
 SIZES: dict[str, dict[str, Any]] = {
@@ -99,8 +99,8 @@ SIZES: dict[str, dict[str, Any]] = {
         text_len=64,
     ),
     "tiny": dict(
-        vision=dict(hidden=128, layers=4, heads=4, mlp=512, patch_size=16),
-        text=dict(hidden=256, layers=4, heads=4, kv_heads=2, head_dim=64, mlp=512, rope_theta=10000.0),
+        vision=dict(hidden=96, layers=3, heads=4, mlp=384, patch_size=16),
+        text=dict(hidden=128, layers=4, heads=4, kv_heads=2, head_dim=32, mlp=384, rope_theta=10000.0),
         text_len=256,
     ),
     "small": dict(

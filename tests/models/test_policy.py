@@ -68,7 +68,7 @@ def row(batch: dict, i: int, prompt_len: int | None = None) -> dict:
 
 
 @pytest.mark.parametrize("size,low,high", [
-    ("toy", 1e5, 5e5), ("tiny", 2e6, 6e6), ("small", 2e7, 3.5e7), ("base", 8e7, 1.3e8),
+    ("toy", 1e5, 5e5), ("tiny", 1.5e6, 3e6), ("small", 2e7, 3.5e7), ("base", 8e7, 1.3e8),
     ("1b", 8e8, 1.5e9), ("7b", 6e9, 8e9),
 ])  # fmt: skip
 def test_named_sizes_shapes(size, low, high):
