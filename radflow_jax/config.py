@@ -167,6 +167,39 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Ablation rows (DESIGN §1.3): each adds one mechanism to the previous one.
+VARIANTS = {
+    "flat": dict(mode="flat", capo=False, sensitivity=False),
+    "hierarchical": dict(mode="hierarchical", capo=False, sensitivity=False),
+    "capo": dict(mode="hierarchical", capo=True, sensitivity=False),
+    "full": dict(mode="hierarchical", capo=True, sensitivity=True),
+}
+
+
+def apply_args(c: ml_collections.ConfigDict, arg: str | None, quick: dict, where: str) -> None:
+    """Applies a config file's ``:arg`` — comma-separated words: ``quick`` and/or an ablation
+    variant (``flat``, ``hierarchical``, ``capo``, ``full`` = RadFlow, the default)."""
+    for word in filter(None, (arg or "").split(",")):
+        if word == "quick":
+            for dotted, value in quick.items():
+                section, key = dotted.split(".")
+                c[section][key] = value
+        elif word in VARIANTS:
+            v = VARIANTS[word]
+            c.reward.mode, c.capo.enabled, c.capo.sensitivity = v["mode"], v["capo"], v["sensitivity"]
+        else:
+            raise ValueError(f"{where}: unknown argument {word!r}; known: quick, {', '.join(VARIANTS)}")
+
+
+QUICK = {
+    "data.num_train": 64, "data.num_val": 16, "data.num_test": 16, "model.size": "toy",
+    "sft.num_steps": 12, "sft.batch_size": 8, "sft.log_every": 4, "sft.checkpoint_every": 6,
+    "rl.num_steps": 4, "rl.batch_size": 4, "rl.group_size": 2, "rl.max_new_tokens": 48,
+    "rl.log_every": 2, "rl.checkpoint_every": 2,
+    "eval.num_cases": 16, "eval.batch_size": 8, "eval.max_new_tokens": 48, "eval.meteor": False,
+}  # seconds-long smoke runs for tests and first tries
+
+
 def _check(cond: bool, field: str, message: str) -> None:
     if not cond:
         raise ConfigError(f"config.{field}: {message}")
