@@ -85,6 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.tokenizer.vocab_size = 4000
     c.tokenizer.min_frequency = 2  # word-level: rarer words map to <unk>
 
+    # Start SFT from a Hugging Face Llava folder (e.g. one exported by radflow_jax.export) instead of
+    # a random init; its tokenizer is used as is. "" = random init.
+    c.init = ml_collections.ConfigDict()
+    c.init.from_hf = ""
+
     c.model = ml_collections.ConfigDict()
     c.model.size = "tiny"  # toy | tiny | small | base | 1b | 7b (models/policy.py SIZES)
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
@@ -237,6 +242,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(t.kind in TOKENIZER_KINDS, "tokenizer.kind", f"must be one of {TOKENIZER_KINDS}")
     _check(t.vocab_size >= 64, "tokenizer.vocab_size", "must be >= 64")
     _check(t.min_frequency >= 1, "tokenizer.min_frequency", "must be >= 1")
+    _check(not config.init.from_hf or os.path.isdir(config.init.from_hf), "init.from_hf",
+           f"folder not found: {config.init.from_hf}")
     m = config.model
     _check(m.size in MODEL_SIZES, "model.size", f"must be one of {MODEL_SIZES}")
     _check(m.dtype in ("float32", "bfloat16"), "model.dtype", "must be 'float32' or 'bfloat16'")

@@ -40,7 +40,7 @@ def main(argv: list[str]) -> None:
     meteor = not _NO_METEOR.value
     if _WORKDIR.value:
         from radflow_jax.data import prepare as prepare_lib
-        from radflow_jax.generate import load_run
+        from radflow_jax.inference import load_run
 
         config, _, run, state, stage, step = load_run(_WORKDIR.value, _STAGE.value)
         config.eval.meteor = config.eval.meteor and meteor

@@ -87,8 +87,16 @@ def target_text(record: formats.Record) -> str:
     return format_target(Sections(record.findings, record.impression))
 
 
-def _tokenizer(config: ml_collections.ConfigDict, train: list[formats.Record], out: str):
-    """Reloads the workdir's tokenizer if it was fit with the same settings, else fits a new one."""
+def _tokenizer(config: ml_collections.ConfigDict, train: Sequence[formats.Record], out: str):
+    """Reloads the workdir's tokenizer if it was fit with the same settings, else fits a new one.
+
+    With ``config.init.from_hf`` the pretrained folder's tokenizer is copied: its ids must match
+    the pretrained embedding table.
+    """
+    if config.init.from_hf:
+        tok = ReportTokenizer.load(config.init.from_hf)
+        tok.save(out)
+        return tok
     settings = {**config.tokenizer.to_dict(), "train_ids": [r.id for r in train]}
     settings_path = os.path.join(out, "training.json")
     if os.path.exists(settings_path):

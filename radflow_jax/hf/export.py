@@ -25,18 +25,16 @@ import os
 from collections.abc import Mapping
 
 import jax
-import ml_collections
 import ml_dtypes
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 from safetensors.numpy import save_file
 
-from radflow_jax import checkpoint as ckpt_lib
 from radflow_jax.data.tokenizer import ReportTokenizer
 from radflow_jax.hf import convert
+from radflow_jax.inference import load_run
 from radflow_jax.models.policy import PolicyConfig
-from radflow_jax.sft.trainer import SFTRun
 
 EXPORT_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 MAX_SHARD_BYTES = 5_000_000_000  # HF's classic default shard size
@@ -260,26 +258,6 @@ def _eval_metrics(workdir: str, stage: str, step: int) -> dict[str, float] | Non
     return {k: float(found[k]) for k in keys if isinstance(found.get(k), (int, float))}
 
 
-def restore_run(workdir: str, stage: str | None, step: int | None):
-    """(config, tokenizer, run, state, stage, step) of a workdir checkpoint (newest stage/step by default).
-
-    ``generate.load_run`` minus its flags (importing ``radflow_jax.generate`` defines required
-    absl flags that clash with this CLI's) plus a ``step`` choice.
-    """
-    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    tokenizer = ReportTokenizer.load(os.path.join(workdir, "tokenizer"))
-    stages = [stage] if stage else ["rl", "sft"]
-    found = [s for s in stages if os.path.isdir(os.path.join(workdir, "checkpoints", s))]
-    if not found:
-        raise FileNotFoundError(f"no checkpoints for {stages} under {workdir}/checkpoints")
-    run = SFTRun(config, tokenizer.vocab_size)
-    directory = os.path.join(workdir, "checkpoints", found[0])
-    with ckpt_lib.Checkpointer(directory, save_every=1, keep=1) as checkpointer:
-        state, step = checkpointer.restore(run.abstract_state, step=step)
-    return config, tokenizer, run, state, found[0], step
-
-
 def export_run(
     workdir: str,
     out_dir: str,
@@ -290,7 +268,7 @@ def export_run(
     max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> tuple[str, int]:
     """Exports a training workdir's checkpoint (latest of ``stage``, or ``step``); (stage, step)."""
-    config, tokenizer, run, state, stage, step = restore_run(workdir, stage, step)
+    config, tokenizer, run, state, stage, step = load_run(workdir, stage, step)
     params = host_params(nnx.state(run.policy(state), nnx.Param))
     d = config.data
     stages = [s for s in ("sft", "rl") if os.path.isdir(os.path.join(workdir, "checkpoints", s))]

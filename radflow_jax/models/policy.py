@@ -15,7 +15,8 @@ Hugging Face mapping onto ``LlavaForConditionalGeneration`` saved-file keys (Sig
 ``vision_use_head=False``, ``vision_feature_select_strategy="full"``, ``vision_feature_layer=-1``;
 ``LlamaForCausalLM`` text model). Our ``kernel`` tensors are ``[in..., out...]`` while HF ``weight``
 is ``[out, in]``: every kernel is reshaped to 2-D and transposed; the rest is a renaming. Below,
-``v.`` is ours ``vision_tower.`` / HF ``vision_tower.vision_model.``, ``t.`` is
+``v.`` is ours ``vision_tower.`` / HF ``vision_tower.`` (transformers 5 saves SigLIP keys without
+``vision_model.``; import also accepts the 4.x spelling), ``t.`` is
 ``language_model.model.`` on both sides, ``i`` a layer index.
 
 ==========================================  ===========================================  ====================
@@ -49,8 +50,10 @@ language_model.lm_head.kernel [D, V]        language_model.lm_head.weight       
 
 Notes for export: the projector uses exact GELU (Llava ``projector_hidden_act="gelu"``), the ViT
 the tanh approximation (``gelu_pytorch_tanh``). With ``attention_bias`` HF Llama also gives o_proj a
-bias (export zeros) while Qwen2 matches exactly. ``channels=1``: for a 3-channel tower repeat the
-patch kernel over C and divide by 3. HF inputs equivalent to ours put the ``<image>`` tokens first,
+bias (export zeros) while Qwen2 matches exactly. Export writes a 1-channel SigLIP tower
+(``num_channels=1``, mean = std = 0.5, grayscale PIL images) with ``tie_last_hidden_states=True``,
+because our ViT's features are taken after ``post_layernorm``; import folds any channel count and
+the processor's mean/std into the patch kernel (``hf/convert.py``). HF inputs equivalent to ours put the ``<image>`` tokens first,
 then ``<bos>`` and the prompt, left padding in front of everything, and need explicit
 ``position_ids = cumsum(attention_mask) - 1`` (``generate`` computes them so itself).
 """

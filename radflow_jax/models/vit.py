@@ -4,8 +4,9 @@ Mirrors Hugging Face ``SiglipVisionModel`` with ``vision_use_head=False``: no CL
 head, the output is ``post_layernorm`` of every patch token. Attribute names follow the HF
 parameter names (see the mapping table in ``policy.py``).
 
-Grayscale: ``channels`` defaults to 1. A 3-channel HF export replicates the patch kernel over the
-channel axis divided by 3 (so an RGB image of three equal planes gives the same embedding).
+Grayscale: ``channels`` defaults to 1, and the Hugging Face export keeps a 1-channel tower
+(``num_channels=1``), so round trips are bit-identical; RGB checkpoints are folded to 1 channel on
+import (``hf/convert.py``).
 """
 
 from __future__ import annotations

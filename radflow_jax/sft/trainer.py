@@ -206,6 +206,11 @@ def run_sft(
     if step:
         state, step = checkpointer.restore(run.abstract_state, iterator=iterator)
         print(f"[sft] resumed from step {step}")
+    elif config.init.from_hf:
+        from radflow_jax.hf.load import init_from_hf  # transformers-free, but only needed here
+
+        state = init_from_hf(run, config.init.from_hf)
+        print(f"[sft] initialised from {config.init.from_hf}")
     else:
         state = run.init_state()
     with checkpointer, RunLog(workdir, "sft", total_steps=sft.num_steps, initial_step=step) as log, \
