@@ -12,9 +12,9 @@ import os
 import ml_collections
 
 from radflow_jax.parallel import mesh as mesh_lib
-from radflow_jax.rewards import hierarchy, schema
+from radflow_jax.rewards import hierarchy, labeler_train, schema
 
-STAGES: tuple[str, ...] = ("data", "sft", "rl", "eval")  # later: "labeler" between sft and rl
+STAGES: tuple[str, ...] = ("data", "sft", "labeler", "rl", "eval")
 DATA_SOURCES = ("synthetic", "r2gen", "mimic_cxr_jpg", "openi_xml", "jsonl", "tfds")
 SECTION_FALLBACKS = ("error", "findings", "last_sentence")
 TOKENIZER_KINDS = ("word", "bpe")
@@ -115,6 +115,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft.checkpoint_every = 100
     c.sft.keep_checkpoints = 2
 
+    # The Flax labeler (rewards/labeler_train.py): stage `labeler` trains it on rule-labeled text;
+    # labeler.backend="net" makes the RL reward use it instead of the rule labeler.
+    c.labeler = labeler_train.default_labeler_config()
+
     # GRPO. Names follow TRL's GRPOConfig where the concept is the same (rl/grpo.py has the table).
     c.rl = ml_collections.ConfigDict()
     c.rl.num_steps = 40
@@ -199,6 +203,8 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, quick: dict, where
 QUICK = {
     "data.num_train": 64, "data.num_val": 16, "data.num_test": 16, "model.size": "toy",
     "sft.num_steps": 12, "sft.batch_size": 8, "sft.log_every": 4, "sft.checkpoint_every": 6,
+    "labeler.num_steps": 20, "labeler.batch_size": 16, "labeler.log_every": 10,
+    "labeler.checkpoint_every": 10,
     "rl.num_steps": 4, "rl.batch_size": 4, "rl.group_size": 2, "rl.max_new_tokens": 48,
     "rl.log_every": 2, "rl.checkpoint_every": 2,
     "eval.num_cases": 16, "eval.batch_size": 8, "eval.max_new_tokens": 48, "eval.meteor": False,
@@ -261,6 +267,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(s.batch_size % s.grad_accum == 0, "sft.grad_accum", "must divide sft.batch_size")
     _check(s.learning_rate > 0, "sft.learning_rate", "must be > 0")
     _check(s.log_every >= 1 and s.checkpoint_every >= 1, "sft.log_every", "and checkpoint_every >= 1")
+    try:
+        labeler_train.check_labeler_config(config.labeler)
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
     r = config.rl
     _check(r.group_size >= 2, "rl.group_size", "must be >= 2 (advantages are group-relative)")
     _check(r.batch_size >= 1 and r.num_steps >= 0, "rl.batch_size", ">= 1 (and rl.num_steps >= 0)")
@@ -324,3 +334,18 @@ def check_overrides(argv: list[str], default_spec: str) -> None:
                     f"unknown field {walked}.{key} (in --config.{dotted}); fields of {walked}: {fields}"
                 )
             node, walked = node[key], f"{walked}.{key}"
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+    """A run's ``config.json`` on top of today's defaults, so fields added since still resolve."""
+    config = base_config()
+
+    def merge(node: ml_collections.ConfigDict, values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
+                merge(node[key], value)
+            else:
+                node[key] = value
+
+    merge(config, saved)
+    return config

@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from radflow_jax import checkpoint as ckpt_lib
+from radflow_jax import config as config_lib
 from radflow_jax.data import pipeline
 from radflow_jax.data.formats import Record
 from radflow_jax.data.sections import parse_target
@@ -31,7 +32,7 @@ def load_run(workdir: str, stage: str | None = None, step: int | None = None):
     latest. The RL and SFT train states share one layout, so one ``SFTRun`` restores both.
     """
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-        config = ml_collections.ConfigDict(json.load(f))
+        config = config_lib.from_saved(json.load(f))
     tokenizer = ReportTokenizer.load(os.path.join(workdir, "tokenizer"))
     stages = [stage] if stage else ["rl", "sft"]
     found = [s for s in stages if os.path.isdir(os.path.join(workdir, "checkpoints", s))]

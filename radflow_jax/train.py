@@ -4,6 +4,7 @@ Runs ``config.stages`` in order inside one workdir (default ``runs/<modality>``)
 
 - ``data``: generate or load the dataset, fit the tokenizer, run one batch through the pipeline;
 - ``sft``: supervised fine-tuning, checkpointed; a rerun resumes from the latest checkpoint;
+- ``labeler`` (optional): trains the Flax report labeler on rule-labeled text;
 - ``rl``: GRPO with the hierarchical reward and CAPO from the SFT policy, checkpointed likewise;
 - ``eval``: greedy reports for the test split from every trained stage, scored into
   ``DIR/eval/<stage>.json``, and SFT vs RL side by side.
@@ -29,6 +30,7 @@ from radflow_jax import config as config_lib
 from radflow_jax import checkpoint as ckpt_lib
 from radflow_jax.data import prepare
 from radflow_jax.scoring import evaluate_policy
+from radflow_jax.rewards import labeler, labeler_train
 from radflow_jax.rl.trainer import RLRun, run_rl
 from radflow_jax.sft.trainer import SFTRun, run_sft
 
@@ -80,9 +82,14 @@ def main(argv: list[str]) -> None:
         sft_run, sft_state, sft_step = _latest(config, workdir, data, "sft", sft_run, sft_state)
     if "eval" in config.stages:
         _eval_once(config, workdir, data, sft_run, sft_state, stage="sft", step=sft_step)
+    if "labeler" in config.stages:
+        labeler_train.run_labeler(config, workdir, data)
     rl_run = rl_state = None
     if "rl" in config.stages:
-        rl_run, rl_state = run_rl(config, workdir, data, sft_run.policy_state(sft_state))
+        label_fn = labeler.label_array
+        if config.labeler.backend == "net":  # restores the trained labeler (trains it if missing)
+            label_fn = labeler_train.net_labeler(config, workdir, data).label_array
+        rl_run, rl_state = run_rl(config, workdir, data, sft_run.policy_state(sft_state), label_fn)
     if "eval" in config.stages and (rl_state is not None or _has_checkpoint(workdir, "rl")):
         rl_run, rl_state, rl_step = _latest(config, workdir, data, "rl", rl_run, rl_state)
         _eval_once(config, workdir, data, rl_run, rl_state, stage="rl", step=rl_step)

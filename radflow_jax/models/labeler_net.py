@@ -135,8 +135,10 @@ class ObservationHeads(nnx.Module):
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
+        # No 1/sqrt(d) scale: with small initial queries that starts as plain mean pooling and
+        # learned to route each observation to its sentence markedly slower (measured).
         scores = jnp.einsum("bld,kd->bkl", x, self.queries[...].astype(self.dtype),
-                            preferred_element_type=jnp.float32) * (x.shape[-1] ** -0.5)
+                            preferred_element_type=jnp.float32)
         scores = jnp.where(mask[:, None, :], scores, MASK_VALUE)
         pooled = jnp.einsum("bkl,bld->bkd", jax.nn.softmax(scores, -1).astype(self.dtype), x)
         logits = jnp.einsum("bkd,kdc->bkc", pooled, self.kernel[...].astype(self.dtype),

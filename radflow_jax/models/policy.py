@@ -102,7 +102,7 @@ SIZES: dict[str, dict[str, Any]] = {
         text_len=64,
     ),
     "tiny": dict(
-        vision=dict(hidden=96, layers=3, heads=4, mlp=384, patch_size=16),
+        vision=dict(hidden=96, layers=3, heads=4, mlp=384, patch_size=32),
         text=dict(hidden=128, layers=4, heads=4, kv_heads=2, head_dim=32, mlp=384, rope_theta=10000.0),
         text_len=256,
     ),

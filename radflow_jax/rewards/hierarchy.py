@@ -37,7 +37,7 @@ positive; or half, a soft membership of 0.5 — F1 then uses ``min(g, r)`` as th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +47,7 @@ from flax import struct
 
 from radflow_jax.data.sections import parse_target
 from radflow_jax.data.tokenizer import SPECIAL_TOKENS
-from radflow_jax.rewards import nlg
+from radflow_jax.rewards import labeler, nlg
 from radflow_jax.rewards.consistency import (
     COUNT_KEYS,
     NO_FINDING,
@@ -55,7 +55,6 @@ from radflow_jax.rewards.consistency import (
     consistency_breakdown,
     consistency_rules,
 )
-from radflow_jax.rewards.labeler import label_text
 from radflow_jax.rewards.schema import LABEL_BLANK, NEGATIVE, POSITIVE, UNCERTAIN, Schema
 
 MODES = ("hierarchical", "flat")
@@ -181,31 +180,26 @@ def _combine(findings: np.ndarray, impression: np.ndarray, schema: Schema) -> np
     return out
 
 
-def host_labels(texts: Sequence[str], schema: Schema) -> np.ndarray:
+def host_labels(
+    texts: Sequence[str],
+    schema: Schema,
+    label_fn: Callable[[Sequence[str], Schema], np.ndarray] = labeler.label_array,
+) -> np.ndarray:
     """int8 ``[N, 3, K]`` labels (report, findings, impression) of decoded target texts.
 
     Sections come from ``parse_target`` (tolerant of malformed output); each distinct section
-    string is labeled once per call, which pays off in RL, where a group's references are equal
-    and short Impressions ("no acute cardiopulmonary process.") recur. The report row combines the
-    two section rows with the labeler's own aggregation rule, equal to labeling the headed report.
+    string is labeled once, in one batched ``label_fn`` call (the rule labeler by default, or the
+    Flax labeler's ``NetLabeler.label_array``), which pays off in RL, where a group's references
+    are equal and short Impressions recur. The report row combines the two section rows with the
+    labeler's own aggregation rule, equal to labeling the headed report.
     """
     sections = [parse_target(t) for t in texts]
-    cache: dict[str, np.ndarray] = {}
-    blank = np.full(len(schema.observations), LABEL_BLANK, np.int8)
-
-    def labels(text: str) -> np.ndarray:
-        if text not in cache:
-            values = label_text(text, schema).values
-            row = blank.copy()
-            for j, obs in enumerate(schema.observations):
-                if values[obs] is not None:
-                    row[j] = values[obs]
-            cache[text] = row
-        return cache[text]
-
+    unique = list(dict.fromkeys(x for s in sections for x in (s.findings, s.impression)))
+    rows = np.asarray(label_fn(unique, schema), np.int8)
+    index = {t: i for i, t in enumerate(unique)}
     out = np.empty((len(texts), 3, len(schema.observations)), np.int8)
-    for n, s in enumerate(sections):
-        out[n, _FINDINGS], out[n, _IMPRESSION] = labels(s.findings), labels(s.impression)
+    out[:, _FINDINGS] = rows[[index[s.findings] for s in sections]]
+    out[:, _IMPRESSION] = rows[[index[s.impression] for s in sections]]
     out[:, _REPORT] = _combine(out[:, _FINDINGS], out[:, _IMPRESSION], schema)
     return out
 

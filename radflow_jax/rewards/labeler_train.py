@@ -47,7 +47,6 @@ from radflow_jax.data import formats, prepare
 from radflow_jax.data.tokenizer import ReportTokenizer, train_tokenizer
 from radflow_jax.models.labeler_net import (
     CLASS_NAMES,
-    NUM_CLASSES,
     SIZES,
     LabelerNet,
     labeler_config,
@@ -58,7 +57,6 @@ from radflow_jax.parallel import mesh as mesh_lib
 from radflow_jax.rewards import labeler as rule_labeler
 from radflow_jax.rewards.schema import Schema
 from radflow_jax.run_log import RunLog
-from radflow_jax.sft.trainer import make_optimizer
 
 BACKENDS = ("rule", "net")
 OPENI_ARCHIVE = "~/.cache/radflow_jax/openi/NLMCXR_reports.tgz"
@@ -74,7 +72,6 @@ def default_labeler_config() -> ml_collections.ConfigDict:
     c.vocab_size = 4000  # the labeler's own word tokenizer, fit on its training text
     c.min_frequency = 2  # rarer words map to <unk>
     c.max_len = 256  # tokens per text; longer texts are cut (counted in the eval report)
-    c.length_bucket = 32  # training batches are padded to a multiple of this
     c.openi = OPENI_ARCHIVE  # Open-I report archive used when present (cxr only); "" = never
     c.openi_holdout = 0.1  # share of Open-I reports held out for the agreement report
     c.num_steps = 1500
@@ -98,7 +95,6 @@ def check_labeler_config(c: ml_collections.ConfigDict) -> None:
         (c.size in SIZES, "size", f"must be one of {tuple(SIZES)}"),
         (c.dtype in ("float32", "bfloat16"), "dtype", "must be 'float32' or 'bfloat16'"),
         (c.max_len >= MIN_BUCKET, "max_len", f"must be >= {MIN_BUCKET}"),
-        (c.length_bucket >= 1, "length_bucket", "must be >= 1"),
         (0.0 <= c.openi_holdout < 1.0, "openi_holdout", "must be in [0, 1)"),
         (c.num_steps >= 0 and c.batch_size >= 1, "num_steps", ">= 0 (and batch_size >= 1)"),
         (c.learning_rate > 0, "learning_rate", "must be > 0"),
@@ -199,27 +195,75 @@ def labeler_tokenizer(texts: Sequence[str], c: ml_collections.ConfigDict, direct
 # ----------------------------------------------------------------------------------- training
 
 
-def bucket_length(longest: int, bucket: int, max_len: int) -> int:
-    """``longest`` rounded up to a multiple of ``bucket`` (at least one bucket), capped at ``max_len``."""
-    return min(max(-(-longest // bucket), 1) * bucket, max_len)
+def buckets(max_len: int) -> tuple[int, ...]:
+    """Padded lengths: powers of two from ``MIN_BUCKET`` up to ``max_len`` (always included).
 
-
-def train_batch(corpus: Corpus, step: int, batch_size: int, seed: int, bucket: int) -> dict[str, np.ndarray]:
-    """The global batch of ``step``: reshuffled every epoch, a pure function of ``(seed, step)``.
-
-    Padding is cut to the longest text's length bucket; each process keeps its own rows.
+    One compiled shape per bucket, for training and serving alike; padding stays under 2x.
     """
-    n = len(corpus)
-    positions = np.arange(step * batch_size, (step + 1) * batch_size)
-    epochs = positions // n
-    rows = np.empty(batch_size, np.int64)
-    for e in np.unique(epochs):
-        rows[epochs == e] = np.random.default_rng([seed, int(e)]).permutation(n)[positions[epochs == e] % n]
-    per_process = batch_size // jax.process_count()
-    rows = rows[jax.process_index() * per_process : (jax.process_index() + 1) * per_process]
-    length = bucket_length(int(corpus.lengths[rows].max()), bucket, corpus.tokens.shape[1])
-    tokens = corpus.tokens[rows, :length]
-    return {"tokens": tokens, "mask": tokens != 0, "labels": corpus.labels[rows]}
+    out, n = [], MIN_BUCKET
+    while n < max_len:
+        out.append(n)
+        n *= 2
+    return (*out, max_len)
+
+
+def bucket_length(longest: int, max_len: int) -> int:
+    return next(b for b in buckets(max_len) if b >= max(longest, 1))
+
+
+class Batches:
+    """Training batches as a pure function of ``(seed, step)``: resume needs no iterator state.
+
+    Each epoch (``len // batch_size`` batches; the reshuffle spreads the dropped remainder) is a
+    seeded permutation cut into windows of ``window`` batches; inside a window texts are sorted by
+    length before they are cut into batches, and the batch order is shuffled again. Batches then
+    hold texts of similar length, so padding to the bucket wastes little compute.
+    """
+
+    def __init__(self, corpus: Corpus, batch_size: int, seed: int, window: int = 16):
+        if len(corpus) < batch_size:
+            raise ValueError(f"the labeler corpus has {len(corpus)} texts, fewer than batch_size {batch_size}")
+        self.corpus, self.batch_size, self.seed, self.window = corpus, batch_size, seed, window
+        self.per_epoch = len(corpus) // batch_size
+        self._epoch: tuple[int, np.ndarray] | None = None
+
+    def plan(self, epoch: int) -> np.ndarray:
+        """int ``[per_epoch, batch_size]`` rows of each batch of ``epoch``."""
+        rng = np.random.default_rng([self.seed, epoch])
+        rows = rng.permutation(len(self.corpus))[: self.per_epoch * self.batch_size]
+        span = self.window * self.batch_size
+        chunks = [c[np.argsort(self.corpus.lengths[c], kind="stable")] for c in np.split(rows, range(span, len(rows), span))]
+        batches = np.concatenate(chunks).reshape(self.per_epoch, self.batch_size)
+        return batches[rng.permutation(self.per_epoch)]
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        """This process's rows of the global batch of ``step``, padded to their length bucket."""
+        epoch = step // self.per_epoch
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, self.plan(epoch))
+        rows = self._epoch[1][step % self.per_epoch]
+        per_process = self.batch_size // jax.process_count()
+        rows = rows[jax.process_index() * per_process : (jax.process_index() + 1) * per_process]
+        length = bucket_length(int(self.corpus.lengths[rows].max()), self.corpus.tokens.shape[1])
+        tokens = self.corpus.tokens[rows, :length]
+        return {"tokens": tokens, "mask": tokens != 0, "labels": self.corpus.labels[rows]}
+
+
+def make_optimizer(c: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW (no decay on vectors) with warm-up and cosine decay after global-norm clipping.
+
+    The SFT recipe without its policy-specific parts (per-tower learning rates).
+    """
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=c.learning_rate, warmup_steps=c.warmup_steps,
+        decay_steps=max(c.num_steps, c.warmup_steps + 1), end_value=c.learning_rate * c.min_lr_ratio,
+    )
+    decay = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    tx = optax.chain(
+        optax.clip_by_global_norm(c.grad_clip),
+        optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=c.weight_decay, mask=decay),
+    )
+    return tx, schedule
 
 
 def labeler_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -277,7 +321,7 @@ class LabelerRun:
 
     def init_state(self) -> nnx.State:
         init = jax.jit(lambda: nnx.split(self._create())[1], out_shardings=self.shardings)
-        with self.mesh:
+        with jax.set_mesh(self.mesh):
             return init()
 
     def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -290,15 +334,6 @@ class LabelerRun:
 
 
 # ------------------------------------------------------------------------------------ serving
-
-
-def _buckets(max_len: int) -> tuple[int, ...]:
-    """Powers of two from ``MIN_BUCKET`` up to ``max_len`` (always included)."""
-    out, n = [], MIN_BUCKET
-    while n < max_len:
-        out.append(n)
-        n *= 2
-    return (*out, max_len)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -314,7 +349,7 @@ class NetLabeler:
         if graphdef is None or params is None:
             raise ValueError("NetLabeler needs a trained labeler (graphdef and params)")
         self.graphdef, self.params, self.tokenizer, self.schema = graphdef, params, tokenizer, schema
-        self.max_len, self.batch_size, self.buckets = max_len, batch_size, _buckets(max_len)
+        self.max_len, self.batch_size = max_len, batch_size
 
     def label_array(self, texts: Sequence[str], schema: Schema | None = None) -> np.ndarray:
         """int8 ``[N, K]`` labels in schema order (``LABEL_BLANK`` = not mentioned), like the rule labeler."""
@@ -332,7 +367,7 @@ class NetLabeler:
         pending = []
         for start in range(0, len(texts), self.batch_size):
             rows = order[start : start + self.batch_size]
-            length = next(b for b in self.buckets if b >= max(int(lengths[rows].max()), 1))
+            length = bucket_length(int(lengths[rows].max()), self.max_len)
             chunk = np.zeros((self.batch_size, length), np.int32)
             chunk[: len(rows)] = tokens[rows, :length]
             pending.append((rows, _predict(self.graphdef, self.params, chunk, chunk != 0)))
@@ -443,10 +478,11 @@ def _train(run: LabelerRun, state, step: int, checkpointer, texts, tokenizer, sc
     corpus = build_corpus(texts, tokenizer, schema, c.max_len)
     print(f"[labeler] {len(corpus)} texts rule-labeled in {time.perf_counter() - start:.1f}s "
           f"({corpus.truncated} cut at {c.max_len} tokens); vocab {tokenizer.vocab_size}")
+    batches = Batches(corpus, c.batch_size, config.seed)
     with RunLog(workdir, "labeler", total_steps=c.num_steps, initial_step=step) as log, \
             ckpt_lib.PreemptionGuard() as guard:
         while step < c.num_steps:
-            batch = train_batch(corpus, step, c.batch_size, config.seed, c.length_bucket)
+            batch = batches(step)
             state, metrics = run.step_fn(state, run.device_batch(batch))
             step += 1
             log.advance(step)

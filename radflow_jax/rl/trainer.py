@@ -25,7 +25,7 @@ from flax import nnx
 from radflow_jax import checkpoint as ckpt_lib
 from radflow_jax.data import prepare
 from radflow_jax.models.policy import teacher_forced
-from radflow_jax.rewards import hierarchy
+from radflow_jax.rewards import hierarchy, labeler
 from radflow_jax.rl import capo, grpo
 from radflow_jax.rl.sampling import sample
 from radflow_jax.run_log import RunLog
@@ -133,7 +133,7 @@ def _trim(tokens: np.ndarray, mask: np.ndarray, bucket: int) -> int:
     return min(-(-longest // bucket) * bucket, tokens.shape[1]) if bucket else tokens.shape[1]
 
 
-def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng):
+def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng, label_fn=labeler.label_array):
     """One RL step: rollout, reward, advantages, CAPO, ``num_iterations`` updates → (state, metrics)."""
     config, rl = run.config, run.config.rl
     g = rl.group_size
@@ -153,8 +153,8 @@ def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng):
     tokens_np, mask_np = tokens_np[:, :length], mask_np[:, :length]
     texts = [data.tokenizer.decode(t) for t in tokens_np]
     ref_texts = [data.tokenizer.decode(t) for t in batch["target_tokens"]]
-    gen_labels = hierarchy.host_labels(texts, data.schema)
-    ref_labels = hierarchy.host_labels(ref_texts, data.schema)
+    gen_labels = hierarchy.host_labels(texts, data.schema, label_fn)
+    ref_labels = hierarchy.host_labels(ref_texts, data.schema, label_fn)
     weights = capo.sentence_token_weights(
         tokens_np, mask_np, data.tokenizer, data.schema,
         alpha=config.capo.alpha, alpha_crit=config.capo.alpha_crit, enabled=config.capo.sensitivity,
@@ -193,10 +193,12 @@ def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng):
 def run_rl(
     config: ml_collections.ConfigDict, workdir: str, data: prepare.PreparedData,
     sft_policy: nnx.State,
+    label_fn=labeler.label_array,
 ) -> tuple[RLRun, nnx.State]:
     """Trains (or resumes) the RL stage from the SFT policy variables; returns the final state.
 
-    ``sft_policy`` is both the starting point and the frozen KL reference.
+    ``sft_policy`` is both the starting point and the frozen KL reference; ``label_fn`` labels
+    texts for the reward (the rule labeler, or the Flax labeler's ``label_array``).
     """
     rl = config.rl
     run = RLRun(config, data.tokenizer.vocab_size)
@@ -218,7 +220,7 @@ def run_rl(
         while step < rl.num_steps:
             batch = next(iterator)
             state, metrics = rl_step(run, state, sft_policy, batch, reward_cfg, data,
-                                     jax.random.fold_in(key, step))
+                                     jax.random.fold_in(key, step), label_fn)
             step += 1
             log.advance(step)
             if step % rl.log_every == 0 or step == rl.num_steps:
