@@ -226,8 +226,9 @@ def run_rl(
             if step % rl.log_every == 0 or step == rl.num_steps:
                 log.write(step, jax.device_get(metrics), examples=rl.batch_size * rl.group_size)
             stop = guard.should_stop(step)
-            if checkpointer.should_save(step) or step == rl.num_steps or stop:
-                checkpointer.save(step, state, iterator=iterator, config=config.to_dict())
+            last = step == rl.num_steps or stop
+            if checkpointer.should_save(step) or last:
+                checkpointer.save(step, state, iterator=iterator, config=config.to_dict(), force=last)
             if stop:
                 checkpointer.wait()
                 raise SystemExit(f"[rl] stopped by SIGTERM at step {step}; checkpoint saved")

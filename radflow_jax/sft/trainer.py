@@ -163,7 +163,7 @@ class SFTRun:
     def init_state(self) -> nnx.State:
         """Parameters created already sharded (jitted init with out_shardings; STYLE §6)."""
         init = jax.jit(lambda: nnx.split(self._create())[1], out_shardings=self.shardings)
-        with self.mesh:
+        with jax.set_mesh(self.mesh):
             return init()
 
     def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -186,7 +186,7 @@ class SFTRun:
             model = nnx.merge(self.policy_def, p)
             return nnx.split((model, nnx.Optimizer(model, self.tx, wrt=nnx.Param)))[1]
 
-        with self.mesh:
+        with jax.set_mesh(self.mesh):
             return jax.jit(build, out_shardings=self.shardings)(policy_state)
 
 
@@ -226,8 +226,9 @@ def run_sft(
                 metrics["learning_rate"] = run.schedule(step - 1)
                 log.write(step, metrics, examples=sft.batch_size)
             stop = guard.should_stop(step)
-            if checkpointer.should_save(step) or step == sft.num_steps or stop:
-                checkpointer.save(step, state, iterator=iterator, config=config.to_dict())
+            last = step == sft.num_steps or stop
+            if checkpointer.should_save(step) or last:
+                checkpointer.save(step, state, iterator=iterator, config=config.to_dict(), force=last)
             if stop:
                 checkpointer.wait()
                 raise SystemExit(f"[sft] stopped by SIGTERM at step {step}; checkpoint saved")
