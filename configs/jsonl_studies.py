@@ -11,7 +11,7 @@ The format is documented in ``radflow_jax/data/formats_jsonl.py``. Prepare once,
 ``arg`` is the modality (``carotid`` or ``cxr``), optionally followed by ``,quick``.
 """
 
-from radflow_jax.config import base_config
+from radflow_jax.config import REAL_QUICK, apply_overrides, base_config
 
 _PROMPTS = {
     "carotid": ("carotid duplex ultrasound right and left", 2, 272),
@@ -40,10 +40,5 @@ def get_config(arg: str | None = None):
     c.rl.num_steps, c.rl.batch_size, c.rl.group_size, c.rl.learning_rate = 500, 16, 8, 1e-5
     c.rl.log_every, c.rl.checkpoint_every = 10, 100
     if variant == "quick":
-        d.image_size, d.num_workers = 64, 0
-        c.model.size = "toy"
-        c.sft.num_steps, c.sft.batch_size, c.sft.log_every, c.sft.checkpoint_every = 4, 4, 2, 4
-        c.rl.num_steps, c.rl.batch_size, c.rl.group_size, c.rl.max_new_tokens = 2, 2, 2, 32
-        c.rl.log_every, c.rl.checkpoint_every = 1, 2
-        c.eval.num_cases, c.eval.batch_size, c.eval.max_new_tokens, c.eval.meteor = 4, 4, 32, False
+        apply_overrides(c, REAL_QUICK)
     return c

@@ -13,7 +13,7 @@ The prepare step prints how many targets exceed ``max_target_len``; raise it if 
 than a few percent. Larger models (``1b``/``7b``) belong to the scale configs.
 """
 
-from radflow_jax.config import base_config
+from radflow_jax.config import REAL_QUICK, apply_args, base_config
 
 
 def get_config(arg: str | None = None):
@@ -41,13 +41,5 @@ def get_config(arg: str | None = None):
     c.rl.learning_rate = 1e-5
     c.rl.log_every, c.rl.checkpoint_every = 10, 250
     c.eval.batch_size = 128
-    if arg == "quick":
-        d.image_size, d.num_workers = 64, 0
-        c.model.size = "toy"
-        c.sft.num_steps, c.sft.batch_size, c.sft.log_every, c.sft.checkpoint_every = 4, 4, 2, 4
-        c.rl.num_steps, c.rl.batch_size, c.rl.group_size, c.rl.max_new_tokens = 2, 2, 2, 32
-        c.rl.log_every, c.rl.checkpoint_every = 1, 2
-        c.eval.num_cases, c.eval.batch_size, c.eval.max_new_tokens, c.eval.meteor = 4, 4, 32, False
-    elif arg:
-        raise ValueError(f"configs/mimic_cxr.py: unknown argument {arg!r}; known: 'quick'")
+    apply_args(c, arg, REAL_QUICK, "configs/mimic_cxr.py")
     return c

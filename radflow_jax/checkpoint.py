@@ -245,3 +245,24 @@ class PreemptionGuard:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+
+
+def save_or_stop(
+    checkpointer: Checkpointer,
+    guard: PreemptionGuard,
+    step: int,
+    *,
+    num_steps: int,
+    state: PyTree,
+    iterator: grain.DatasetIterator | None,
+    config: Mapping,
+    stage: str,
+) -> None:
+    """The end of a training step: a periodic save, a forced final one, or save-and-exit on SIGTERM."""
+    stop = guard.should_stop(step)
+    last = step == num_steps or stop
+    if checkpointer.should_save(step) or last:
+        checkpointer.save(step, state, iterator=iterator, config=config, force=last)
+    if stop:
+        checkpointer.wait()
+        raise SystemExit(f"[{stage}] stopped by SIGTERM at step {step}; checkpoint saved")

@@ -185,14 +185,19 @@ VARIANTS = {
 }
 
 
+def apply_overrides(c: ml_collections.ConfigDict, values: dict) -> None:
+    """Sets ``{"section.field": value}`` pairs (the quick-run tables below)."""
+    for dotted, value in values.items():
+        section, key = dotted.split(".")
+        c[section][key] = value
+
+
 def apply_args(c: ml_collections.ConfigDict, arg: str | None, quick: dict, where: str) -> None:
     """Applies a config file's ``:arg`` — comma-separated words: ``quick`` and/or an ablation
     variant (``flat``, ``hierarchical``, ``capo``, ``full`` = RadFlow, the default)."""
     for word in filter(None, (arg or "").split(",")):
         if word == "quick":
-            for dotted, value in quick.items():
-                section, key = dotted.split(".")
-                c[section][key] = value
+            apply_overrides(c, quick)
         elif word in VARIANTS:
             v = VARIANTS[word]
             c.reward.mode, c.capo.enabled, c.capo.sensitivity = v["mode"], v["capo"], v["sensitivity"]
@@ -209,6 +214,14 @@ QUICK = {
     "rl.log_every": 2, "rl.checkpoint_every": 2,
     "eval.num_cases": 16, "eval.batch_size": 8, "eval.max_new_tokens": 48, "eval.meteor": False,
 }  # seconds-long smoke runs for tests and first tries
+
+REAL_QUICK = {
+    "data.image_size": 64, "data.num_workers": 0, "model.size": "toy",
+    "sft.num_steps": 4, "sft.batch_size": 4, "sft.log_every": 2, "sft.checkpoint_every": 4,
+    "rl.num_steps": 2, "rl.batch_size": 2, "rl.group_size": 2, "rl.max_new_tokens": 32,
+    "rl.log_every": 1, "rl.checkpoint_every": 2,
+    "eval.num_cases": 4, "eval.batch_size": 4, "eval.max_new_tokens": 32, "eval.meteor": False,
+}  # smoke runs of the real-dataset configs on a few records
 
 
 def _check(cond: bool, field: str, message: str) -> None:

@@ -225,13 +225,8 @@ def run_rl(
             log.advance(step)
             if step % rl.log_every == 0 or step == rl.num_steps:
                 log.write(step, jax.device_get(metrics), examples=rl.batch_size * rl.group_size)
-            stop = guard.should_stop(step)
-            last = step == rl.num_steps or stop
-            if checkpointer.should_save(step) or last:
-                checkpointer.save(step, state, iterator=iterator, config=config.to_dict(), force=last)
-            if stop:
-                checkpointer.wait()
-                raise SystemExit(f"[rl] stopped by SIGTERM at step {step}; checkpoint saved")
+            ckpt_lib.save_or_stop(checkpointer, guard, step, num_steps=rl.num_steps, state=state,
+                                  iterator=iterator, config=config.to_dict(), stage="rl")
         print(f"[rl] {rl.num_steps} steps done ({time.perf_counter() - start:.0f}s this run)")
     close = getattr(iterator, "close", None)
     if close is not None:

@@ -225,13 +225,8 @@ def run_sft(
                 metrics = jax.device_get(metrics)
                 metrics["learning_rate"] = run.schedule(step - 1)
                 log.write(step, metrics, examples=sft.batch_size)
-            stop = guard.should_stop(step)
-            last = step == sft.num_steps or stop
-            if checkpointer.should_save(step) or last:
-                checkpointer.save(step, state, iterator=iterator, config=config.to_dict(), force=last)
-            if stop:
-                checkpointer.wait()
-                raise SystemExit(f"[sft] stopped by SIGTERM at step {step}; checkpoint saved")
+            ckpt_lib.save_or_stop(checkpointer, guard, step, num_steps=sft.num_steps, state=state,
+                                  iterator=iterator, config=config.to_dict(), stage="sft")
         print(f"[sft] {sft.num_steps} steps done ({time.perf_counter() - start:.0f}s this run)")
     close = getattr(iterator, "close", None)
     if close is not None:
