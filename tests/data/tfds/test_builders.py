@@ -10,6 +10,8 @@ import importlib.util
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +219,21 @@ def test_undecodable_bytes_in_the_pipeline_name_the_record(tmp_path):
     with pytest.raises(RecordError, match=r"record 'x1' \(train\[0\]\), field image_path\[0\]: "
                                           r"cannot decode image \(14 encoded bytes\)"):
         _loader_example([rec], tok, 0)
+
+
+def test_readme_iu_xray_commands_prepare_then_train(tmp_path):
+    """The README's two IU X-Ray commands, as subprocesses, on a tiny R2Gen fixture."""
+    manual, tfds_dir = str(tmp_path / "iu"), str(tmp_path / "tfds")
+    write_iu_r2gen(manual, n=12)
+    root = str(Path(__file__).parents[3])
+    run = lambda *a: subprocess.run([sys.executable, "-m", *a], cwd=root, capture_output=True,
+                                    text=True, timeout=600)
+    prep = run("radflow_jax.data.prepare", "--dataset=iu_xray", f"--manual_dir={manual}",
+               f"--data_dir={tfds_dir}")
+    assert prep.returncode == 0, prep.stderr[-2000:]
+    train = run("radflow_jax.train", "--config=configs/iu_xray.py:quick", f"--config.data.dir={tfds_dir}",
+                f"--workdir={tmp_path / 'run'}", "--config.stages=('data','sft')")
+    assert train.returncode == 0, train.stderr[-2000:]
+    assert "[sft] 4 steps done" in train.stdout
+    summary = json.loads((tmp_path / "run" / "data_summary.json").read_text())
+    assert summary["cases"]["train"] == 8
