@@ -163,6 +163,15 @@ def _check_image(path: str, verify: bool) -> tuple[str, str] | None:
     return None
 
 
+def resolve_image(root: str, rel: str, verify: bool) -> tuple[str, tuple[str, str] | None]:
+    """``(path, problem)``: ``rel`` resolved under ``root`` (symlinks followed) and, when it is
+    unusable — outside the root, missing, or corrupt — the ``(reason, message)`` to report."""
+    path = os.path.realpath(os.path.join(root, rel))
+    if not _inside(path, root):
+        return path, ("image outside root", f"{rel!r} resolves to {path}, outside the image root {root}")
+    return path, _check_image(path, verify)
+
+
 def bad_record_handler(on_bad_record: str, report: SkipReport):
     """The ``on_error(RecordError)`` callback of a loader: raise, or count the skip in ``report``."""
     if on_bad_record not in ON_BAD_RECORD:
@@ -256,13 +265,7 @@ class _Loader:
             raise fail(field, f"not a non-empty string: {rel!r}")
         if _has_surrogates(rel):
             raise fail(field, f"not valid UTF-8: {_show(rel)!r}", "not UTF-8")
-        path = os.path.realpath(os.path.join(self.root, rel))
-        if not _inside(path, self.root):
-            raise fail(
-                field, f"path {rel!r} resolves to {path}, outside the image root {self.root}",
-                "image outside root",
-            )
-        problem = _check_image(path, self.verify_images)
+        path, problem = resolve_image(self.root, rel, self.verify_images)
         if problem:
             raise fail(field, problem[1], problem[0])
         return path

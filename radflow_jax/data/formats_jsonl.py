@@ -30,9 +30,8 @@ from radflow_jax.data.formats import (
     RecordError,
     SPLIT_FRACTIONS,
     SkipReport,
-    _check_image,
     _has_surrogates,
-    _inside,
+    resolve_image,
     _parse_label_row,
     _show,
     assign_split,
@@ -105,11 +104,7 @@ class _StudyReader:
             field = f"images[{k}]"
             if not isinstance(rel, str) or not rel:
                 raise fail(field, f"not a non-empty string: {rel!r}", "bad field")
-            path = os.path.realpath(os.path.join(self.root, rel))
-            if not _inside(path, self.root):
-                raise fail(field, f"path {rel!r} resolves to {path}, outside the image root "
-                           f"{self.root}", "image outside root")
-            problem = _check_image(path, self.verify)
+            path, problem = resolve_image(self.root, rel, self.verify)
             if problem:
                 raise fail(field, problem[1], problem[0])
             out.append(path)

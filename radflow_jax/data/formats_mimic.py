@@ -33,8 +33,7 @@ from radflow_jax.data.formats import (
     Record,
     RecordError,
     SkipReport,
-    _check_image,
-    _inside,
+    resolve_image,
     bad_record_handler,
 )
 from radflow_jax.data.sections import Sections
@@ -283,11 +282,8 @@ class _MimicLoader:
                                  f"s{study}")
         paths = []
         for k, dicom in enumerate(dicoms):
-            path = os.path.realpath(os.path.join(study_dir, f"{dicom}.jpg"))
-            if not _inside(path, self.root):
-                raise fail(f"image_path[{k}]", f"{path} is outside the root {self.root}",
-                           "image outside root")
-            problem = _check_image(path, self.verify_images)
+            path, problem = resolve_image(self.root, os.path.join(study_dir, f"{dicom}.jpg"),
+                                          self.verify_images)
             if problem:
                 raise fail(f"image_path[{k}]", problem[1], problem[0])
             paths.append(path)

@@ -20,8 +20,7 @@ from radflow_jax.data.formats import (
     RecordError,
     SPLIT_FRACTIONS,
     SkipReport,
-    _check_image,
-    _inside,
+    resolve_image,
     assign_split,
     bad_record_handler,
 )
@@ -107,11 +106,7 @@ def _images(report: OpenIReport, path: str, root: str, ext: str, verify: bool) -
         field = f"parentImage[{k}]"
         if not image_id:
             raise fail(field, "<parentImage> without an id", "missing field")
-        image = os.path.realpath(os.path.join(root, image_id + ext))
-        if not _inside(image, root):
-            raise fail(field, f"id {image_id!r} resolves to {image}, outside the image root {root}",
-                       "image outside root")
-        problem = _check_image(image, verify)
+        image, problem = resolve_image(root, image_id + ext, verify)
         if problem:
             raise fail(field, problem[1], problem[0])
         out.append(image)
