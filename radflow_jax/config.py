@@ -14,7 +14,7 @@ import ml_collections
 from radflow_jax.parallel import mesh as mesh_lib
 from radflow_jax.rewards import hierarchy, labeler_train, schema
 
-STAGES: tuple[str, ...] = ("data", "sft", "labeler", "rl", "eval")
+STAGES: tuple[str, ...] = ("data", "vision", "sft", "labeler", "rl", "eval")
 DATA_SOURCES = ("synthetic", "r2gen", "mimic_cxr_jpg", "openi_xml", "jsonl", "tfds")
 SECTION_FALLBACKS = ("error", "findings", "last_sentence")
 TOKENIZER_KINDS = ("word", "bpe")
@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.modality = "cxr"  # "cxr" | "carotid": picks the observation schema
     c.extra_critical = ()  # observations added to the modality's critical set
     c.seed = 0  # one seed for data generation, shuffling, augmentation and init
-    c.stages = ("data", "sft", "rl", "eval")  # run in order; eval scores every trained stage
+    c.stages = ("data", "vision", "sft", "rl", "eval")  # run in order; eval scores every trained stage
     c.workdir = ""  # "" -> runs/<modality>; --workdir overrides
 
     c.data = ml_collections.ConfigDict()
@@ -100,6 +100,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.mesh.rules = DEFAULT_RULES
+
+    # Vision warm-up (sft/vision.py): the tower and projector learn the observations the labeler
+    # reads from each training report before SFT, which starts from them.
+    c.vision = ml_collections.ConfigDict()
+    c.vision.num_steps = 2000  # ~12 ms a step for `tiny` on 2 CPU cores
+    c.vision.batch_size = 32
+    c.vision.labels = "reports"  # "reports": labeler output on each report | "dataset": labels file
+    c.vision.freeze = True  # SFT and RL keep a warmed-up (or imported) vision tower fixed
+    c.vision.learning_rate = 2e-3
+    c.vision.warmup_steps = 50
+    c.vision.min_lr_ratio = 0.0
+    c.vision.weight_decay = 1e-4
+    c.vision.grad_clip = 1.0
+    c.vision.log_every = 100
+    c.vision.checkpoint_every = 500
+    c.vision.keep_checkpoints = 1
 
     c.sft = ml_collections.ConfigDict()
     c.sft.num_steps = 400
@@ -166,6 +182,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward.length_band = (0.5, 2.0)  # generated words / reference words
     c.reward.repeat_margin = 0.2  # allowed repeated-4-gram share above the reference's
     c.reward.gate_consistency = True  # consistency × sections gate
+    c.reward.gate_consistency_critical = True  # consistency × "no critical reference finding missed"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"
@@ -206,6 +223,7 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, quick: dict, where
 
 
 QUICK = {
+    "vision.num_steps": 6, "vision.batch_size": 8, "vision.log_every": 3, "vision.checkpoint_every": 3,
     "data.num_train": 64, "data.num_val": 16, "data.num_test": 16, "model.size": "toy",
     "sft.num_steps": 12, "sft.batch_size": 8, "sft.log_every": 4, "sft.checkpoint_every": 6,
     "labeler.num_steps": 20, "labeler.batch_size": 16, "labeler.log_every": 10,
@@ -216,6 +234,7 @@ QUICK = {
 }  # seconds-long smoke runs for tests and first tries
 
 REAL_QUICK = {
+    "vision.num_steps": 2, "vision.batch_size": 4, "vision.log_every": 1, "vision.checkpoint_every": 2,
     "data.image_size": 64, "data.num_workers": 0, "model.size": "toy",
     "sft.num_steps": 4, "sft.batch_size": 4, "sft.log_every": 2, "sft.checkpoint_every": 4,
     "rl.num_steps": 2, "rl.batch_size": 2, "rl.group_size": 2, "rl.max_new_tokens": 32,
@@ -273,6 +292,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         mesh_lib.validate_rules(config.mesh.rules)
     except ValueError as e:
         raise ConfigError(f"config.mesh.rules: {e}") from None
+    v = config.vision
+    _check(v.num_steps >= 1 and v.batch_size >= 1, "vision.num_steps", ">= 1 (and vision.batch_size >= 1)")
+    _check(v.labels in ("reports", "dataset"), "vision.labels", "must be 'reports' or 'dataset'")
+    _check(v.learning_rate > 0, "vision.learning_rate", "must be > 0")
+    _check(v.log_every >= 1 and v.checkpoint_every >= 1, "vision.log_every", "and checkpoint_every >= 1")
+    _check(not ("vision" in stages and config.init.from_hf), "stages",
+           "'vision' warms up a tower that init.from_hf replaces; drop one of them")
     s = config.sft
     _check(s.num_steps >= 0, "sft.num_steps", "must be >= 0")
     _check(s.batch_size >= 1, "sft.batch_size", "must be >= 1")

@@ -3,6 +3,8 @@
 Runs ``config.stages`` in order inside one workdir (default ``runs/<modality>``):
 
 - ``data``: generate or load the dataset, fit the tokenizer, run one batch through the pipeline;
+- ``vision``: warms up the vision tower on the labels the labeler reads from each training report
+  (``sft/vision.py``), so SFT starts from a tower that sees the findings;
 - ``sft``: supervised fine-tuning, checkpointed; a rerun resumes from the latest checkpoint;
 - ``labeler`` (optional): trains the Flax report labeler on rule-labeled text;
 - ``rl``: GRPO with the hierarchical reward and CAPO from the SFT policy, checkpointed likewise;
@@ -32,6 +34,7 @@ from radflow_jax.data import prepare
 from radflow_jax.scoring import evaluate_policy
 from radflow_jax.rewards import labeler, labeler_train
 from radflow_jax.rl.trainer import RLRun, run_rl
+from radflow_jax.sft import vision
 from radflow_jax.sft.trainer import SFTRun, run_sft
 
 HEADLINE = (
@@ -75,9 +78,13 @@ def main(argv: list[str]) -> None:
     logging.info("workdir %s on %s", workdir, jax.devices())
     print(f"RadFlow-JAX · {config.modality} · stages {list(config.stages)} · workdir {workdir}")
     data = run_data_stage(config, workdir)
+    if "vision" in config.stages:
+        vision.run_vision(config, workdir, data)
+    frozen = vision.frozen_modules(config, workdir)
     sft_run = sft_state = None
     if "sft" in config.stages:
-        sft_run, sft_state = run_sft(config, workdir, data)
+        warm = None if config.init.from_hf else vision.load_classifier(config, workdir, data)
+        sft_run, sft_state = run_sft(config, workdir, data, warm_vision=warm, frozen=frozen)
     if "rl" in config.stages or "eval" in config.stages:
         sft_run, sft_state, sft_step = _latest(config, workdir, data, "sft", sft_run, sft_state)
     if "eval" in config.stages:
@@ -89,7 +96,7 @@ def main(argv: list[str]) -> None:
         label_fn = labeler.label_array
         if config.labeler.backend == "net":  # restores the trained labeler (trains it if missing)
             label_fn = labeler_train.net_labeler(config, workdir, data).label_array
-        rl_run, rl_state = run_rl(config, workdir, data, sft_run.policy_state(sft_state), label_fn)
+        rl_run, rl_state = run_rl(config, workdir, data, sft_run.policy_state(sft_state), label_fn, frozen)
     if "eval" in config.stages and (rl_state is not None or _has_checkpoint(workdir, "rl")):
         rl_run, rl_state, rl_step = _latest(config, workdir, data, "rl", rl_run, rl_state)
         _eval_once(config, workdir, data, rl_run, rl_state, stage="rl", step=rl_step)

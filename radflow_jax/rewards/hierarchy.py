@@ -18,7 +18,13 @@ the reward is jitted into the RL step. Terms, each in [0, 1] and logged on its o
   costs most.
 - ``consistency``: ``consistency.consistency_score`` of the report's own Findings and Impression
   labels (reference-free), times the sections gate when ``gate_consistency`` (a report without an
-  Impression has no consistency to reward).
+  Impression has no consistency to reward), and times the **critical gate** when
+  ``gate_consistency_critical``: 0 if a critical observation positive in the reference is not
+  positive in the report. Why: consistency alone is cheapest to satisfy by stating nothing
+  critical — on carotid ultrasound, GRPO learned to write "<50 %" on both sides (consistency
+  0.68 → 1.00, critical sensitivity 0.75 → 0.00), because a hedged or wrong-sided critical call
+  costs more consistency than it earns correctness. A consistent report that misses a critical
+  finding earns no consistency credit.
 - ``impression``: ``(1 - a)·label_f1(I, I*) + a·ROUGE-L(I, I*)``, ``a = impression_rouge_weight``.
 
 Total: ``R = Σ w·term / Σ w`` — weights are normalised, so R lies in [0, 1] in both modes and the
@@ -95,6 +101,7 @@ class RewardConfig:
     length_band: tuple[float, float] = struct.field(**_STATIC)  # words / reference words
     repeat_margin: float = struct.field(**_STATIC)  # allowed repeated-4-gram share above the ref's
     gate_consistency: bool = struct.field(**_STATIC)  # consistency x sections gate
+    gate_consistency_critical: bool = struct.field(default=True, **_STATIC)  # x no critical missed
     pad_id: int = struct.field(default=SPECIAL_TOKENS.index("<pad>"), **_STATIC)
     bos_id: int = struct.field(default=SPECIAL_TOKENS.index("<bos>"), **_STATIC)
     eos_id: int = struct.field(default=SPECIAL_TOKENS.index("<eos>"), **_STATIC)
@@ -156,6 +163,7 @@ def reward_config_from(config_reward: ml_collections.ConfigDict, schema: Schema)
         length_band=(float(c.length_band[0]), float(c.length_band[1])),
         repeat_margin=float(c.repeat_margin),
         gate_consistency=bool(c.gate_consistency),
+        gate_consistency_critical=bool(c.gate_consistency_critical),
     )
 
 
@@ -333,7 +341,7 @@ def hierarchical_reward(
 
     Terms in [0, 1]: ``fluency``, ``correctness``, ``consistency``, ``impression``, ``format_gate``
     and their parts (``bleu4``, ``rouge_l``, [``cider_d``], ``nlg``, ``gate_sections``,
-    ``gate_repetition``, ``gate_length``, ``impression_labels``, ``impression_rouge_l``,
+    ``gate_repetition``, ``gate_length``, ``gate_critical``, ``impression_labels``, ``impression_rouge_l``,
     ``consistent``). Counts (int32): ``consistency_<kind>`` for each of ``COUNT_KEYS``.
     """
     gen = section_masks(inputs.gen_tokens, inputs.gen_mask, cfg)
@@ -363,6 +371,10 @@ def hierarchical_reward(
     consistency = breakdown["score"]
     if cfg.gate_consistency:
         consistency = consistency * gates["gate_sections"]
+    missed = jnp.asarray(cfg.critical) & (ref_labels[:, _REPORT] == POSITIVE) & (gen_labels[:, _REPORT] != POSITIVE)
+    gates["gate_critical"] = ~missed.any(-1)
+    if cfg.gate_consistency_critical:
+        consistency = consistency * gates["gate_critical"]
 
     imp_labels = label_f1(gen_i, ref_labels[:, _IMPRESSION], weights, cfg.uncertain_as)
     imp_rouge = nlg.rouge_l(inputs.gen_tokens, gen.impression, inputs.ref_tokens, ref.impression)
@@ -404,4 +416,5 @@ def default_reward_config() -> ml_collections.ConfigDict:
     c.length_band = (0.5, 2.0)
     c.repeat_margin = 0.2
     c.gate_consistency = True
+    c.gate_consistency_critical = True
     return c

@@ -44,8 +44,8 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         ("{side} Stenosis >=70%",),
-        r"(?:(?:>=?|≥|greater than|more than|at least)\s*70\s*%"
-        r"|\b70\s*%\s*(?:or (?:greater|more)|and (?:greater|above)|\+)|\b70\s*(?:-|–|to)\s*99\s*%|\b(?:severe|high[- ]grade|critical|tight|significant high[- ]grade) "
+        r"(?:(?:(?<!<unk)>=?|≥|greater than|more than|at least)\s*70\s*%"  # "<unk> 70 %" is no ">"
+        r"|\b70\s*%\s*(?:or (?:greater|more)|and (?:greater|above)|\+)|\b[78]0\s*(?:-|–|to)\s*99\s*%|\b(?:severe|high[- ]grade|critical|tight|significant high[- ]grade) "
         + _GRADE_WORDS + r")",
     ),
     Rule(

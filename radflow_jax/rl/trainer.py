@@ -29,7 +29,7 @@ from radflow_jax.rewards import hierarchy, labeler
 from radflow_jax.rl import capo, grpo
 from radflow_jax.rl.sampling import sample
 from radflow_jax.run_log import RunLog
-from radflow_jax.sft.trainer import SFTRun
+from radflow_jax.sft.trainer import SFTRun, value_and_grad_trainable
 
 def max_new_tokens(config: ml_collections.ConfigDict) -> int:
     return config.rl.max_new_tokens or config.data.max_target_len
@@ -62,14 +62,14 @@ def update_step(
     loss_type: str,
     max_completion_length: int,
     mask_truncated_completions: bool,
+    frozen: tuple[str, ...] = (),
 ) -> tuple[nnx.State, dict[str, jax.Array]]:
     """One optimizer update of the GRPO loss on a scored rollout (pure; jitted with donation)."""
     model, optimizer = nnx.merge(graphdef, state)
-    model_def, params, rest = nnx.split(model, nnx.Param, ...)
     tf_batch = rollout_batch(batch, rollout["tokens"], rollout["mask"], group_size)
 
-    def loss_fn(p):
-        logp, logits = teacher_forced(nnx.merge(model_def, p, rest), tf_batch)
+    def loss_fn(m):
+        logp, logits = teacher_forced(m, tf_batch)
         loss, aux = grpo.grpo_loss(
             logp,
             rollout["old_logp"],
@@ -91,7 +91,7 @@ def update_step(
         aux = dict(aux, entropy=(entropy * mask).sum() / jnp.maximum(mask.sum(), 1))
         return loss, aux
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    (loss, aux), grads = value_and_grad_trainable(loss_fn, model, frozen)
     optimizer.update(model, grads)
     return nnx.state((model, optimizer)), dict(aux, loss=loss, grad_norm=optax.tree.norm(grads))
 
@@ -99,7 +99,7 @@ def update_step(
 class RLRun(SFTRun):
     """SFTRun's model and shardings with the RL optimizer and jitted rollout/update functions."""
 
-    def __init__(self, config: ml_collections.ConfigDict, vocab_size: int):
+    def __init__(self, config: ml_collections.ConfigDict, vocab_size: int, frozen: tuple[str, ...] = ()):
         rl = config.rl
         rl_as_sft = ml_collections.ConfigDict(
             dict(
@@ -108,7 +108,7 @@ class RLRun(SFTRun):
                 length_bucket=config.sft.length_bucket,
             )
         )
-        super().__init__(config, vocab_size, optimizer_config=rl_as_sft)
+        super().__init__(config, vocab_size, optimizer_config=rl_as_sft, frozen=frozen)
         self.reward_fn = jax.jit(hierarchy.hierarchical_reward, static_argnums=1)
         self.update_fn = jax.jit(
             functools.partial(
@@ -118,6 +118,7 @@ class RLRun(SFTRun):
                 loss_type=rl.loss_type,
                 max_completion_length=max_new_tokens(config),
                 mask_truncated_completions=rl.mask_truncated_completions,
+                frozen=self.frozen,
             ),
             in_shardings=(self.shardings, None, None),
             out_shardings=(self.shardings, None),
@@ -194,6 +195,7 @@ def run_rl(
     config: ml_collections.ConfigDict, workdir: str, data: prepare.PreparedData,
     sft_policy: nnx.State,
     label_fn=labeler.label_array,
+    frozen: tuple[str, ...] = (),
 ) -> tuple[RLRun, nnx.State]:
     """Trains (or resumes) the RL stage from the SFT policy variables; returns the final state.
 
@@ -201,7 +203,7 @@ def run_rl(
     texts for the reward (the rule labeler, or the Flax labeler's ``label_array``).
     """
     rl = config.rl
-    run = RLRun(config, data.tokenizer.vocab_size)
+    run = RLRun(config, data.tokenizer.vocab_size, frozen=frozen)
     reward_cfg = hierarchy.reward_config_from(config.reward, data.schema)
     iterator = iter(prepare.make_split_dataset(data, config, "train", train=True, batch_size=rl.batch_size))
     checkpointer = ckpt_lib.Checkpointer(

@@ -58,10 +58,35 @@ def trim_targets(batch: Mapping[str, np.ndarray], bucket: int) -> dict[str, np.n
     }
 
 
-def make_optimizer(sft: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def frozen_filter(frozen: tuple[str, ...]):
+    """The NNX filter of parameters under the named top-level modules (``nnx.Nothing`` if none)."""
+    return nnx.Any(*(nnx.PathContains(m) for m in frozen)) if frozen else nnx.Nothing
+
+
+def _in_frozen(path, frozen: tuple[str, ...]) -> bool:
+    return any(getattr(k, "key", getattr(k, "name", None)) in frozen for k in path)
+
+
+def value_and_grad_trainable(fn, model: nnx.Module, frozen: tuple[str, ...]):
+    """``((value, aux), grads)`` of ``fn(model)`` for every ``nnx.Param``; parameters under the
+    ``frozen`` modules get exact zero gradients and are never differentiated (XLA drops their
+    backward pass). Zeros keep the gradient tree — and so the optimizer state — the same shape
+    whether or not anything is frozen, so checkpoints restore either way.
+    """
+    frozen_f = frozen_filter(frozen)
+    model_def, train_p, frozen_p, rest = nnx.split(model, nnx.All(nnx.Param, nnx.Not(frozen_f)), nnx.Param, ...)
+    out, grads = jax.value_and_grad(lambda p: fn(nnx.merge(model_def, p, frozen_p, rest)), has_aux=True)(train_p)
+    return out, nnx.merge_state(grads, jax.tree.map(jnp.zeros_like, frozen_p))
+
+
+def make_optimizer(
+    sft: ml_collections.ConfigDict, frozen: tuple[str, ...] = ()
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW with linear warm-up and cosine decay, after global-norm clipping.
 
-    Weight decay skips vectors (norm scales, biases): decaying them only hurts small models.
+    Weight decay skips vectors (norm scales, biases): decaying them only hurts small models. It
+    also skips the ``frozen`` modules, whose gradients are zero: with Adam's moments at zero their
+    update is exactly zero, so they stay bit-identical.
     """
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
@@ -77,7 +102,9 @@ def make_optimizer(sft: ml_collections.ConfigDict) -> tuple[optax.GradientTransf
             b1=0.9,
             b2=0.95,
             weight_decay=sft.weight_decay,
-            mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params),
+            mask=lambda params: jax.tree_util.tree_map_with_path(
+                lambda path, p: p.ndim >= 2 and not _in_frozen(path, frozen), params
+            ),
         ),
     )
     return tx, schedule
@@ -92,27 +119,30 @@ def token_nll(model: Policy, batch: Mapping[str, jax.Array]) -> tuple[jax.Array,
 
 
 def train_step(
-    graphdef: nnx.GraphDef, state: nnx.State, batch: Mapping[str, jax.Array], *, grad_accum: int
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    batch: Mapping[str, jax.Array],
+    *,
+    grad_accum: int,
+    frozen: tuple[str, ...] = (),
 ) -> tuple[nnx.State, dict[str, jax.Array]]:
     """One optimizer update over ``batch`` (split into ``grad_accum`` micro-batches)."""
     model, optimizer = nnx.merge(graphdef, state)
-    model_def, params, rest = nnx.split(model, nnx.Param, ...)
 
-    def nll(p, micro):
-        return token_nll(nnx.merge(model_def, p, rest), micro)
+    def grad_fn(micro):
+        return value_and_grad_trainable(lambda m: token_nll(m, micro), model, frozen)
 
-    grad_fn = jax.value_and_grad(nll, has_aux=True)
     if grad_accum == 1:
-        (total, aux), grads = grad_fn(params, batch)
+        (total, aux), grads = grad_fn(batch)
     else:
         micro = jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
 
         def body(carry, mb):
-            (loss, aux), g = grad_fn(params, mb)
+            (loss, aux), g = grad_fn(mb)
             return jax.tree.map(jnp.add, carry, (loss, aux, g)), None
 
         counts = {"tokens": jnp.zeros((), jnp.int32), "correct": jnp.zeros((), jnp.int32)}
-        zeros = (jnp.zeros(()), counts, jax.tree.map(jnp.zeros_like, params))
+        zeros = (jnp.zeros(()), counts, jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param)))
         (total, aux, grads), _ = jax.lax.scan(body, zeros, micro)
     count = jnp.maximum(aux["tokens"], 1)
     grads = jax.tree.map(lambda g: g / count, grads)
@@ -133,13 +163,16 @@ class SFTRun:
         config: ml_collections.ConfigDict,
         vocab_size: int,
         optimizer_config: ml_collections.ConfigDict | None = None,
+        frozen: tuple[str, ...] = (),
     ):
-        """``optimizer_config`` (default ``config.sft``) holds the AdamW/schedule fields."""
+        """``optimizer_config`` (default ``config.sft``) holds the AdamW/schedule fields;
+        ``frozen`` names top-level policy modules kept fixed (``vision.frozen_modules``)."""
         self.config = config
+        self.frozen = tuple(frozen)
         self.mesh = mesh_lib.make_mesh(dict(config.mesh.shape))
         self.rules = tuple(config.mesh.rules)
         self.model_config = make_policy_config(config, vocab_size)
-        self.tx, self.schedule = make_optimizer(optimizer_config or config.sft)
+        self.tx, self.schedule = make_optimizer(optimizer_config or config.sft, self.frozen)
 
         def create():
             model = Policy(self.model_config, rngs=nnx.Rngs(config.seed))
@@ -154,7 +187,7 @@ class SFTRun:
         )
         self._create = create
         self.step_fn = jax.jit(
-            functools.partial(train_step, self.graphdef, grad_accum=config.sft.grad_accum),
+            functools.partial(train_step, self.graphdef, grad_accum=config.sft.grad_accum, frozen=self.frozen),
             in_shardings=(self.shardings, None),
             out_shardings=(self.shardings, None),
             donate_argnums=0,
@@ -191,11 +224,20 @@ class SFTRun:
 
 
 def run_sft(
-    config: ml_collections.ConfigDict, workdir: str, data: prepare.PreparedData
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    data: prepare.PreparedData,
+    *,
+    warm_vision: nnx.Module | None = None,
+    frozen: tuple[str, ...] = (),
 ) -> tuple[SFTRun, nnx.State]:
-    """Trains (or resumes, or just restores a finished run) and returns the final state."""
+    """Trains (or resumes, or just restores a finished run) and returns the final state.
+
+    A fresh run starts its tower and projector from ``warm_vision`` (the vision warm-up's
+    classifier) when given; ``frozen`` modules stay fixed (``SFTRun``).
+    """
     sft = config.sft
-    run = SFTRun(config, data.tokenizer.vocab_size)
+    run = SFTRun(config, data.tokenizer.vocab_size, frozen=frozen)
     iterator = iter(prepare.make_split_dataset(data, config, "train", train=True, batch_size=sft.batch_size))
     checkpointer = ckpt_lib.Checkpointer(
         os.path.join(workdir, "checkpoints", "sft"),
@@ -213,6 +255,14 @@ def run_sft(
         print(f"[sft] initialised from {config.init.from_hf}")
     else:
         state = run.init_state()
+        if warm_vision is not None:
+            from radflow_jax.sft.vision import copy_into  # vision.py builds on this module
+
+            policy = run.policy(state)
+            copy_into(policy, warm_vision)
+            state = run.init_from_policy(nnx.split(policy)[1])
+    if frozen:
+        print(f"[sft] frozen: {', '.join(frozen)}")
     with checkpointer, RunLog(workdir, "sft", total_steps=sft.num_steps, initial_step=step) as log, \
             ckpt_lib.PreemptionGuard() as guard:
         start = time.perf_counter()

@@ -57,6 +57,7 @@ CASES = {  # name: (generated, reference)
     "miss_critical": ("<findings> The heart is enlarged. No pneumothorax. <impression> Cardiomegaly.", REF2),
     "keep_critical": ("<findings> Heart size is normal. Small right pneumothorax. "
                       "<impression> Small right pneumothorax.", REF2),
+    "silent_critical": ("<findings> The heart is enlarged. <impression> Cardiomegaly.", REF2),
     # R2Gen-style findings-only data: the target ends with an empty Impression
     "findings_only": (f"<findings> {REF_F} <impression>", f"<findings> {REF_F} <impression>"),
     "findings_only_missing": ("<findings> <impression>", f"<findings> {REF_F} <impression>"),
@@ -177,6 +178,21 @@ def test_planted_edits_move_terms_the_right_way(hier):
         assert totals[name] < totals["copy"], name
     assert terms["findings_only"]["gate_sections"] == 1.0 and totals["findings_only"] == pytest.approx(1.0)
     assert terms["findings_only_missing"]["gate_sections"] == 0.0
+
+
+def test_consistency_is_not_paid_for_leaving_a_critical_finding_out(batch, hier):
+    """Saying nothing critical is perfectly self-consistent; the critical gate takes that credit
+    away (the carotid reward hack), and only where the reference's critical finding is missed."""
+    _, terms = hier
+    silent = terms["silent_critical"]
+    assert silent["consistent"] == 1.0 and silent["gate_critical"] == 0.0 and silent["consistency"] == 0.0
+    assert terms["keep_critical"]["gate_critical"] == 1.0 and terms["normal"]["gate_critical"] == 1.0
+    assert terms["keep_critical"]["consistency"] > 0.0
+    _, ungated = _score(batch, _config(gate_consistency_critical=False))
+    assert ungated["silent_critical"]["consistency"] == 1.0
+    for name in NAMES:
+        if terms[name]["gate_critical"] == 1.0:
+            assert ungated[name]["consistency"] == terms[name]["consistency"], name
 
 
 def test_flat_mode_ignores_sections(batch, hier):

@@ -225,6 +225,9 @@ def test_carotid_side_carries_over_until_the_other_side_is_named():
     ("Normal right intima-media thickness (0.8 mm).", {"Right Intima-Media Thickening": 0}),
     ("Normal bilateral carotid duplex ultrasound.", {"No Finding": 1}),
     ("Small plaque in the bulb.", {"Right Plaque": None, "Left Plaque": None}),  # side unknown: dropped
+    ("80-99 % stenosis of the right ICA.", {"Right Stenosis >=70%": 1}),
+    # a decoded out-of-vocabulary word ("approaching") ends in ">" but states no band
+    ("Right ICA <unk> 70 % stenosis.", {"Right Stenosis >=70%": None}),
 ])
 def test_carotid_bands_and_sides(text, expected):
     _check(text, expected, CAROTID)
