@@ -3,9 +3,10 @@
     python tools/ablate.py [--modalities=cxr,carotid] [--root=runs/ablate] [--seed=0] [--out=docs/results.md]
         [--override=rl.num_steps=40 ...]
 
-Per modality, one SFT run is shared by all rows (so the rows differ only in the RL stage): it is
-trained once in ``<root>/<modality>/sft``; each variant copies its data, tokenizer and SFT checkpoint
-into its own workdir and runs ``rl`` and ``eval`` there with ``configs/<modality>.py:<variant>``.
+Per modality, one vision warm-up + SFT run is shared by all rows (so the rows differ only in the
+RL stage): it is trained once in ``<root>/<modality>/sft``; each variant copies its data,
+tokenizer, vision and SFT checkpoints (the vision one keeps the tower frozen in RL, as in the
+main job) into its own workdir and runs ``rl`` and ``eval`` there with ``configs/<modality>.py:<variant>``.
 The table starts with the SFT row, then one row per variant, from ``eval/*.json`` of real runs; it
 states the machine and the wall time. Every command is a plain ``python -m radflow_jax.train``
 call, printed before it runs, so a row can be rerun by hand.
@@ -38,7 +39,7 @@ COLUMNS = (
     ("Bleu_4", "BLEU-4"),
     ("ROUGE_L", "ROUGE-L"),
 )
-SHARED = ("data", "tokenizer", "checkpoints/sft", "eval/sft.json", "data_summary.json")
+SHARED = ("data", "tokenizer", "checkpoints/vision", "checkpoints/sft", "eval/sft.json", "data_summary.json")
 
 
 def _train(config: str, workdir: str, stages: str) -> list[str]:
@@ -79,7 +80,7 @@ def main(argv: list[str]) -> None:
         start = time.time()
         base = os.path.join(_ROOT.value, modality)
         sft_dir = os.path.join(base, "sft")
-        commands = [_train(f"configs/{modality}.py", sft_dir, "('data','sft','eval')")]
+        commands = [_train(f"configs/{modality}.py", sft_dir, "('data','vision','sft','eval')")]
         rows = [_row("SFT (start)", _metrics(sft_dir, "sft"))]
         for variant in VARIANTS:
             workdir = os.path.join(base, variant)
