@@ -78,7 +78,9 @@ def main(argv: list[str]) -> None:
     logging.info("workdir %s on %s", workdir, jax.devices())
     print(f"RadFlow-JAX · {config.modality} · stages {list(config.stages)} · workdir {workdir}")
     data = run_data_stage(config, workdir)
-    if "vision" in config.stages:
+    if "vision" in config.stages and config.init.from_hf:
+        print(f"[vision] skipped: the tower comes trained from init.from_hf={config.init.from_hf}")
+    elif "vision" in config.stages:
         vision.run_vision(config, workdir, data)
     frozen = vision.frozen_modules(config, workdir)
     sft_run = sft_state = None

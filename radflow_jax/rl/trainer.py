@@ -29,7 +29,7 @@ from radflow_jax.rewards import hierarchy, labeler
 from radflow_jax.rl import capo, grpo
 from radflow_jax.rl.sampling import sample
 from radflow_jax.run_log import RunLog
-from radflow_jax.sft.trainer import SFTRun, value_and_grad_trainable
+from radflow_jax.sft.trainer import SFTRun, update_trainable, value_and_grad_trainable
 
 def max_new_tokens(config: ml_collections.ConfigDict) -> int:
     return config.rl.max_new_tokens or config.data.max_target_len
@@ -92,7 +92,7 @@ def update_step(
         return loss, aux
 
     (loss, aux), grads = value_and_grad_trainable(loss_fn, model, frozen)
-    optimizer.update(model, grads)
+    update_trainable(optimizer, model, grads, frozen)
     return nnx.state((model, optimizer)), dict(aux, loss=loss, grad_norm=optax.tree.norm(grads))
 
 

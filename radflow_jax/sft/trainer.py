@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,25 +59,40 @@ def trim_targets(batch: Mapping[str, np.ndarray], bucket: int) -> dict[str, np.n
     }
 
 
-def frozen_filter(frozen: tuple[str, ...]):
-    """The NNX filter of parameters under the named top-level modules (``nnx.Nothing`` if none)."""
-    return nnx.Any(*(nnx.PathContains(m) for m in frozen)) if frozen else nnx.Nothing
+def _top_level(key) -> str | None:
+    """A path entry's name: NNX paths hold strings, optax/pytree paths ``DictKey``/``GetAttrKey``."""
+    return key if isinstance(key, str) else getattr(key, "key", getattr(key, "name", None))
 
 
-def _in_frozen(path, frozen: tuple[str, ...]) -> bool:
-    return any(getattr(k, "key", getattr(k, "name", None)) in frozen for k in path)
+def frozen_filter(frozen: tuple[str, ...]) -> nnx.filterlib.Filter:
+    """The NNX filter of variables under the named top-level modules of the policy."""
+    return lambda path, _: bool(path) and _top_level(path[0]) in frozen
 
 
-def value_and_grad_trainable(fn, model: nnx.Module, frozen: tuple[str, ...]):
+def value_and_grad_trainable(
+    fn: Callable[[nnx.Module], tuple[jax.Array, Any]], model: nnx.Module, frozen: tuple[str, ...]
+) -> tuple[tuple[jax.Array, Any], nnx.State]:
     """``((value, aux), grads)`` of ``fn(model)`` for every ``nnx.Param``; parameters under the
     ``frozen`` modules get exact zero gradients and are never differentiated (XLA drops their
     backward pass). Zeros keep the gradient tree — and so the optimizer state — the same shape
     whether or not anything is frozen, so checkpoints restore either way.
     """
-    frozen_f = frozen_filter(frozen)
-    model_def, train_p, frozen_p, rest = nnx.split(model, nnx.All(nnx.Param, nnx.Not(frozen_f)), nnx.Param, ...)
+    model_def, train_p, frozen_p, rest = nnx.split(
+        model, nnx.All(nnx.Param, nnx.Not(frozen_filter(frozen))), nnx.Param, ...
+    )
     out, grads = jax.value_and_grad(lambda p: fn(nnx.merge(model_def, p, frozen_p, rest)), has_aux=True)(train_p)
     return out, nnx.merge_state(grads, jax.tree.map(jnp.zeros_like, frozen_p))
+
+
+def update_trainable(optimizer: nnx.Optimizer, model: nnx.Module, grads: nnx.State, frozen: tuple[str, ...]) -> None:
+    """``optimizer.update`` that leaves the ``frozen`` parameters bit-identical.
+
+    Zero gradients alone are not enough: Adam moments left over from before a module was frozen
+    (a resumed run) would keep moving it. So the frozen values are put back after the update.
+    """
+    kept = nnx.state(model, nnx.All(nnx.Param, frozen_filter(frozen)))
+    optimizer.update(model, grads)
+    nnx.update(model, kept)
 
 
 def make_optimizer(
@@ -85,8 +101,7 @@ def make_optimizer(
     """AdamW with linear warm-up and cosine decay, after global-norm clipping.
 
     Weight decay skips vectors (norm scales, biases): decaying them only hurts small models. It
-    also skips the ``frozen`` modules, whose gradients are zero: with Adam's moments at zero their
-    update is exactly zero, so they stay bit-identical.
+    also skips the ``frozen`` modules (``update_trainable`` keeps them fixed in any case).
     """
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
@@ -103,7 +118,7 @@ def make_optimizer(
             b2=0.95,
             weight_decay=sft.weight_decay,
             mask=lambda params: jax.tree_util.tree_map_with_path(
-                lambda path, p: p.ndim >= 2 and not _in_frozen(path, frozen), params
+                lambda path, p: p.ndim >= 2 and _top_level(path[0]) not in frozen, params
             ),
         ),
     )
@@ -146,7 +161,7 @@ def train_step(
         (total, aux, grads), _ = jax.lax.scan(body, zeros, micro)
     count = jnp.maximum(aux["tokens"], 1)
     grads = jax.tree.map(lambda g: g / count, grads)
-    optimizer.update(model, grads)
+    update_trainable(optimizer, model, grads, frozen)
     metrics = {
         "loss": total / count,
         "token_accuracy": aux["correct"] / count,

@@ -8,12 +8,13 @@ pre-trained on report-derived labels (CheXpert-style), so this stage does the sa
 own ``vision_tower`` + ``multi_modal_projector`` with a throwaway linear head on the mean-pooled
 image tokens, trained with a masked binary cross-entropy against the labeler's reading of each
 training report (``vision.labels="reports"``, what a real dataset has) or against the dataset's
-label file (``"dataset"``). SFT then starts from these weights (``start_policy``) and, with
-``vision.freeze``, keeps the tower fixed (``trainable_filter``).
+label file (``"dataset"``). SFT then starts from these weights (``copy_into``) and, with
+``vision.freeze``, SFT and RL keep the tower fixed (``frozen_modules``).
 
 Labels: positive = 1; negative and "not mentioned" = 0 (U-zeros); uncertain mentions are left out
 of the loss (U-ignore). The stage reports the per-observation ROC AUC on the validation split,
-so how much the images can tell is measured before any text is generated.
+so how much the images can tell is measured before any text is generated (uncertain labels are
+left out of the AUC as they are out of the loss).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import dataclasses
 import functools
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,11 +40,11 @@ from radflow_jax.models.policy import PolicyConfig, Projector
 from radflow_jax.models.vit import VisionTransformer
 from radflow_jax.parallel import mesh as mesh_lib
 from radflow_jax.rewards import hierarchy, labeler
+from radflow_jax.data.formats import Record
 from radflow_jax.rewards.schema import LABEL_BLANK, Schema
 from radflow_jax.run_log import RunLog
 from radflow_jax.sft.trainer import make_optimizer, make_policy_config
 
-LABEL_SOURCES = ("reports", "dataset")
 VISION_MODULES = ("vision_tower", "multi_modal_projector")
 
 
@@ -65,9 +66,9 @@ class VisionClassifier(nnx.Module):
         b, v = image.shape[:2]
         tokens = self.multi_modal_projector(self.vision_tower(image.reshape(b * v, *image.shape[2:])))
         tokens = tokens.reshape(b, v * tokens.shape[1], -1)
-        weight = jnp.repeat(view_mask, tokens.shape[1] // v, axis=1).astype(tokens.dtype)[..., None]
-        pooled = (tokens * weight).sum(1) / jnp.maximum(weight.sum(1), 1.0)
-        return self.head(pooled).astype(jnp.float32)
+        weight = jnp.repeat(view_mask, tokens.shape[1] // v, axis=1).astype(jnp.float32)[..., None]
+        pooled = (tokens.astype(jnp.float32) * weight).sum(1) / jnp.maximum(weight.sum(1), 1.0)
+        return self.head(pooled.astype(tokens.dtype)).astype(jnp.float32)
 
 
 def label_targets(labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -81,7 +82,9 @@ def bce_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return (optax.sigmoid_binary_cross_entropy(logits, y) * w).sum() / jnp.maximum(w.sum(), 1.0)
 
 
-def train_step(graphdef: nnx.GraphDef, state: nnx.State, batch: Mapping[str, jax.Array]):
+def train_step(
+    graphdef: nnx.GraphDef, state: nnx.State, batch: Mapping[str, jax.Array]
+) -> tuple[nnx.State, dict[str, jax.Array]]:
     """One AdamW update of the classifier (pure; jitted with donation)."""
     model, optimizer = nnx.merge(graphdef, state)
     loss, grads = nnx.value_and_grad(lambda m: bce_loss(m(batch["image"], batch["view_mask"]), batch["labels"]))(model)
@@ -103,16 +106,18 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def report_labels(records, schema: Schema, source: str) -> list:
+def report_labels(records: Sequence[Record], schema: Schema, source: str) -> list[Record]:
     """Records whose ``labels`` are the training signal: the labeler's reading of each report
-    (``"reports"``) or the dataset's own labels (``"dataset"``, every record must have them)."""
+    (``"reports"``) or the dataset's own labels (``"dataset"``, every record must have them;
+    loaders store studies missing from a label file as all-blank rows, which count as missing)."""
     if source == "dataset":
-        missing = [r.where for r in records if r.labels is None]
+        missing = [r.where for r in records if r.labels is None or all(v == LABEL_BLANK for v in r.labels)]
         if missing:
             raise ValueError(f"vision.labels='dataset' but {len(missing)} records have no labels, "
                              f"e.g. {missing[0]}; use vision.labels='reports'")
         return list(records)
-    rows = hierarchy.host_labels([target_text(r) for r in records], schema, labeler.label_array)[:, 0]
+    report = hierarchy.SECTIONS.index("report")
+    rows = hierarchy.host_labels([target_text(r) for r in records], schema, labeler.label_array)[:, report]
     return [dataclasses.replace(r, labels=tuple(int(x) for x in row)) for r, row in zip(records, rows)]
 
 
@@ -157,19 +162,22 @@ def _with_labels(data: prepare.PreparedData, splits: dict) -> prepare.PreparedDa
 
 
 def validation_auc(run: VisionRun, state: nnx.State, data: prepare.PreparedData, split: str) -> dict[str, float]:
-    """Per-observation ROC AUC of the classifier on ``split`` (labels as in training)."""
+    """Per-observation ROC AUC of the classifier on ``split`` (uncertain labels left out, as in
+    training; padding rows dropped by the batch's ``valid`` mask)."""
     config = run.config
     it = prepare.make_split_dataset(data, config, split, train=False, batch_size=config.vision.batch_size)
     scores, labels = [], []
-    n = len(data.splits[split])
     for batch in it:
         logits = np.asarray(run.logits_fn(state, batch["image"], batch["view_mask"]))
-        scores.append(logits)
-        labels.append(batch["labels"])
-        if sum(len(s) for s in scores) >= n:
-            break
-    s, y = np.concatenate(scores)[:n], np.concatenate(labels)[:n]
-    return {obs: roc_auc(s[:, k], y[:, k] == 1) for k, obs in enumerate(data.schema.observations)}
+        valid = np.asarray(batch["valid"], bool)
+        scores.append(logits[valid])
+        labels.append(batch["labels"][valid])
+    s, y = np.concatenate(scores), np.concatenate(labels)
+    aucs = {}
+    for k, obs in enumerate(data.schema.observations):
+        keep = y[:, k] != -1
+        aucs[obs] = roc_auc(s[keep, k], y[keep, k] == 1)
+    return aucs
 
 
 def run_vision(config: ml_collections.ConfigDict, workdir: str, data: prepare.PreparedData) -> nnx.State:
@@ -179,8 +187,8 @@ def run_vision(config: ml_collections.ConfigDict, workdir: str, data: prepare.Pr
     data = _with_labels(data, splits)
     run = VisionRun(config, data.tokenizer.vocab_size, len(data.schema.observations))
     iterator = iter(prepare.make_split_dataset(data, config, "train", train=True, batch_size=v.batch_size))
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints", "vision"),
-                                         save_every=v.checkpoint_every, keep=v.keep_checkpoints)
+    checkpointer = ckpt_lib.Checkpointer(_directory(workdir), save_every=v.checkpoint_every,
+                                         keep=v.keep_checkpoints)
     step = checkpointer.latest_step() or 0
     if step:
         state, step = checkpointer.restore(run.abstract_state, iterator=iterator)
@@ -216,10 +224,12 @@ def _directory(workdir: str) -> str:
     return os.path.join(workdir, "checkpoints", "vision")
 
 
-def load_classifier(config: ml_collections.ConfigDict, workdir: str, data: prepare.PreparedData):
+def load_classifier(
+    config: ml_collections.ConfigDict, workdir: str, data: prepare.PreparedData
+) -> VisionClassifier | None:
     """The latest warm-up classifier in ``workdir`` (a ``VisionClassifier``), or None if none."""
     directory = _directory(workdir)
-    if not os.path.isdir(directory):
+    if not _has_checkpoint(workdir):
         return None
     run = VisionRun(config, data.tokenizer.vocab_size, len(data.schema.observations))
     with ckpt_lib.Checkpointer(directory, save_every=1, keep=1) as checkpointer:
@@ -237,8 +247,14 @@ def copy_into(policy: nnx.Module, classifier: VisionClassifier) -> None:
         nnx.update(getattr(policy, name), nnx.state(getattr(classifier, name)))
 
 
+def _has_checkpoint(workdir: str) -> bool:
+    """A finished save (orbax names step folders by number; in-flight saves are temporary names)."""
+    directory = _directory(workdir)
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
 def frozen_modules(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, ...]:
     """``("vision_tower",)`` when ``vision.freeze`` and the tower is trained already (a warm-up
     checkpoint in ``workdir`` or ``init.from_hf``); a random tower is always trained."""
-    warm = os.path.isdir(_directory(workdir)) or bool(config.init.from_hf)
+    warm = _has_checkpoint(workdir) or bool(config.init.from_hf)
     return ("vision_tower",) if config.vision.freeze and warm else ()
