@@ -57,6 +57,9 @@ def test_report_labels_are_the_labelers_reading(data):
     unlabeled = [dataclasses.replace(records[0], labels=None)]
     with pytest.raises(ValueError, match="annotation.json.*vision.labels='reports'"):
         vision.report_labels(unlabeled, data.schema, "dataset")
+    blank = [records[1], dataclasses.replace(records[0], labels=(-2,) * len(records[0].labels))]
+    with pytest.raises(ValueError, match="1 records have no labels"):
+        vision.report_labels(blank, data.schema, "dataset")
 
 
 def test_label_targets_ignore_uncertain():
@@ -85,6 +88,9 @@ def test_sft_starts_from_the_warm_tower_and_keeps_it_frozen(data, tmp_path):
     policy = run.policy(state)
     same = jax.tree.map(np.array_equal, nnx.state(policy.vision_tower), nnx.state(warm.vision_tower))
     assert all(jax.tree.leaves(same))
+    fresh = trainer.SFTRun(config, data.tokenizer.vocab_size)
+    fresh_tower = nnx.state(fresh.policy(fresh.init_state()).vision_tower)
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, fresh_tower, nnx.state(warm.vision_tower))))
     moved = jax.tree.map(lambda a, b: not np.array_equal(a, b),
                          nnx.state(policy.multi_modal_projector), nnx.state(warm.multi_modal_projector))
     assert any(jax.tree.leaves(moved))
@@ -110,3 +116,31 @@ def test_frozen_gradients_are_zero_and_the_rest_unchanged(data):
     for a, b in zip(jax.tree.leaves(full["language_model"]), jax.tree.leaves(part["language_model"])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     assert any(np.any(leaf) for leaf in jax.tree.leaves(full["vision_tower"]))
+
+
+def test_an_unfinished_warm_up_freezes_nothing(tmp_path):
+    config = _config()
+    (tmp_path / "checkpoints" / "vision").mkdir(parents=True)  # what a warm-up killed before its first save leaves
+    assert vision.frozen_modules(config, str(tmp_path)) == ()
+    (tmp_path / "checkpoints" / "vision" / "500").mkdir()
+    assert vision.frozen_modules(config, str(tmp_path)) == ("vision_tower",)
+    config = config_lib.validate(config_lib.load_config_file("configs/cxr.py:quick"))
+    with config.unlocked():
+        config.vision.freeze = False
+    assert vision.frozen_modules(config, str(tmp_path)) == ()
+
+
+def test_frozen_parameters_survive_leftover_adam_moments(data):
+    """A run resumed with the tower newly frozen has non-zero moments for it: still no change."""
+    config = _config()
+    batch_it = iter(prepare.make_split_dataset(data, config, "train", train=True, batch_size=4))
+    batch = next(batch_it)
+    batch_it.close()
+    free = trainer.SFTRun(config, data.tokenizer.vocab_size)
+    state, _ = free.step_fn(free.init_state(), free.device_batch(batch))  # moments now non-zero
+    frozen = trainer.SFTRun(config, data.tokenizer.vocab_size, frozen=("vision_tower",))
+    before = jax.tree.map(np.asarray, nnx.state(frozen.policy(state).vision_tower))
+    state, _ = frozen.step_fn(state, frozen.device_batch(batch))
+    after = nnx.state(frozen.policy(state).vision_tower)
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, before, after)))
+    assert jax.tree.structure(frozen.abstract_state) == jax.tree.structure(free.abstract_state)
