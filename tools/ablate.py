@@ -46,9 +46,10 @@ def _train(config: str, workdir: str, stages: str) -> list[str]:
     cmd = [sys.executable, "-m", "radflow_jax.train", f"--config={config}", f"--workdir={workdir}",
            f"--config.stages={stages}", f"--config.seed={_SEED.value}"]
     cmd += [f"--config.{o}" for o in _OVERRIDES.value]
-    print("$", " ".join(cmd[1:]), flush=True)
+    shown = ["python", *cmd[1:]]
+    print("$", " ".join(shown), flush=True)
     subprocess.run(cmd, check=True)
-    return cmd[1:]
+    return shown
 
 
 def _copy_shared(src: str, dst: str) -> None:

@@ -90,7 +90,8 @@ def update_trainable(optimizer: nnx.Optimizer, model: nnx.Module, grads: nnx.Sta
     Zero gradients alone are not enough: Adam moments left over from before a module was frozen
     (a resumed run) would keep moving it. So the frozen values are put back after the update.
     """
-    kept = nnx.state(model, nnx.All(nnx.Param, frozen_filter(frozen)))
+    # nnx.state holds the live Variables, which the update rebinds: keep copies of their values
+    kept = jax.tree.map(lambda x: x, nnx.state(model, nnx.All(nnx.Param, frozen_filter(frozen))))
     optimizer.update(model, grads)
     nnx.update(model, kept)
 
