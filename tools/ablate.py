@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def _train(config: str, workdir: str, stages: str) -> list[str]:
     cmd = [sys.executable, "-m", "radflow_jax.train", f"--config={config}", f"--workdir={workdir}",
            f"--config.stages={stages}", f"--config.seed={_SEED.value}"]
     cmd += [f"--config.{o}" for o in _OVERRIDES.value]
-    shown = ["python", *cmd[1:]]
+    shown = ["python", *map(shlex.quote, cmd[1:])]
     print("$", " ".join(shown), flush=True)
     subprocess.run(cmd, check=True)
     return shown
