@@ -200,6 +200,17 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules) -> di
     return out
 
 
+def abstract_sharded(factory: Callable[[], Any], mesh: Mesh, rules: Rules) -> tuple[nnx.GraphDef, Any, Any]:
+    """``(graphdef, shardings, abstract state)`` of what ``factory()`` builds, without allocating:
+    the shapes and layouts a train run jits against and restores checkpoints into."""
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(factory))
+    shardings = state_shardings(abstract_state, mesh, rules)
+    sharded = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
+    )
+    return graphdef, shardings, sharded
+
+
 def init_sharded(module_factory: Callable[[], nnx.Module], mesh: Mesh, rules: Rules) -> nnx.Module:
     """Builds a module with every parameter created directly in its sharded layout.
 

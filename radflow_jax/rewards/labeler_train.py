@@ -305,12 +305,7 @@ class LabelerRun:
             model = LabelerNet(self.model_config, rngs=nnx.Rngs(config.seed))
             return model, nnx.Optimizer(model, self.tx, wrt=nnx.Param)
 
-        abstract = nnx.eval_shape(create)
-        self.graphdef, abstract_state = nnx.split(abstract)
-        self.shardings = mesh_lib.state_shardings(abstract_state, self.mesh, self.rules)
-        self.abstract_state = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, self.shardings
-        )
+        self.graphdef, self.shardings, self.abstract_state = mesh_lib.abstract_sharded(create, self.mesh, self.rules)
         self._create = create
         self.step_fn = jax.jit(
             functools.partial(train_step, self.graphdef),

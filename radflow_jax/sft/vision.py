@@ -135,12 +135,7 @@ class VisionRun:
             model = VisionClassifier(policy_cfg, num_labels, rngs=nnx.Rngs(config.seed))
             return model, nnx.Optimizer(model, self.tx, wrt=nnx.Param)
 
-        abstract = nnx.eval_shape(create)
-        self.graphdef, abstract_state = nnx.split(abstract)
-        self.shardings = mesh_lib.state_shardings(abstract_state, self.mesh, self.rules)
-        self.abstract_state = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, self.shardings
-        )
+        self.graphdef, self.shardings, self.abstract_state = mesh_lib.abstract_sharded(create, self.mesh, self.rules)
         self._create = create
         self.step_fn = jax.jit(functools.partial(train_step, self.graphdef),
                                in_shardings=(self.shardings, None), out_shardings=(self.shardings, None),
