@@ -145,6 +145,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.warmup_steps = 5
     c.rl.grad_clip = 1.0
     c.rl.temperature = 1.0
+    c.rl.augment = False  # rollouts see images as evaluation does (jitter regularises SFT only)
     c.rl.top_k = 0  # 0 = off
     c.rl.top_p = 1.0
     c.rl.max_new_tokens = 0  # 0 -> data.max_target_len (TRL max_completion_length)
@@ -184,6 +185,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward.repeat_margin = 0.2  # allowed repeated-4-gram share above the reference's
     c.reward.gate_consistency = True  # consistency × sections gate
     c.reward.gate_consistency_critical = True  # consistency × "no critical reference finding missed"
+    # corpus_f1: each report's leave-one-out share of its rollout batch's micro-F1 (the evaluation's
+    # headline) | report_f1: per-report F1, which makes a false positive on a normal study cost as
+    # much as a missed finding (rewards/hierarchy.py has the why)
+    c.reward.correctness = "corpus_f1"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"

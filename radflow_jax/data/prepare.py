@@ -173,8 +173,12 @@ def make_split_dataset(
     *,
     train: bool,
     batch_size: int,
+    augment: bool | None = None,
 ) -> grain.IterDataset:
-    """The Grain dataset of one split with the config's input settings (global ``batch_size``)."""
+    """The Grain dataset of one split with the config's input settings (global ``batch_size``).
+
+    ``augment`` overrides ``data.augment`` for training splits (the RL stage's ``rl.augment``).
+    """
     d = config.data
     return pipeline.make_dataset(
         prepared.splits[split],
@@ -187,7 +191,7 @@ def make_split_dataset(
         prompt=d.prompt,
         train=train,
         seed=config.seed,
-        augment=d.augment and train,
+        augment=(d.augment if augment is None else augment) and train,
         num_workers=d.num_workers,
     )
 

@@ -13,9 +13,16 @@ the reward is jitted into the RL step. Terms, each in [0, 1] and logged on its o
   their 4-grams while chest reports repeat < 15 %), and its word count is within
   ``length_band`` times the reference's; else 0. A gate, not a discount: a degenerate report
   earns no fluency however many n-grams it happens to share.
-- ``correctness``: weighted F1 of the report's positive observations against the reference's
-  (``label_f1``); critical observations weigh ``critical_weight`` in every count, so missing one
-  costs most.
+- ``correctness``: agreement of the report's positive observations with the reference's;
+  critical observations weigh ``critical_weight`` in every count, so missing one costs most. Two
+  forms (``correctness``): ``"report_f1"``, the weighted F1 of this report (``label_f1``), or
+  ``"corpus_f1"``, this report's share of the micro-F1 of its whole rollout batch
+  (``corpus_f1_credit``). Why the second exists: the evaluation's headline is corpus micro-F1,
+  where true negatives count for nothing, while per-report F1 scores a normal study called normal
+  1 and the same report with one false positive 0. A false finding on a normal study then costs as
+  much as a missed finding on an abnormal one, and under ambiguous image evidence GRPO learns to
+  call everything normal (measured on the cxr default: every finding except cardiomegaly was pushed
+  out of the greedy reports).
 - ``consistency``: ``consistency.consistency_score`` of the report's own Findings and Impression
   labels (reference-free), times the sections gate when ``gate_consistency`` (a report without an
   Impression has no consistency to reward), and times the **critical gate** when
@@ -64,6 +71,7 @@ from radflow_jax.rewards.consistency import (
 from radflow_jax.rewards.schema import LABEL_BLANK, NEGATIVE, POSITIVE, UNCERTAIN, Schema
 
 MODES = ("hierarchical", "flat")
+CORRECTNESS = ("report_f1", "corpus_f1")
 UNCERTAIN_AS = {"negative": 0.0, "positive": 1.0, "half": 0.5}
 SECTIONS = ("report", "findings", "impression")  # order of the label array's second axis
 _REPORT, _FINDINGS, _IMPRESSION = range(3)
@@ -102,6 +110,7 @@ class RewardConfig:
     repeat_margin: float = struct.field(**_STATIC)  # allowed repeated-4-gram share above the ref's
     gate_consistency: bool = struct.field(**_STATIC)  # consistency x sections gate
     gate_consistency_critical: bool = struct.field(default=True, **_STATIC)  # x no critical missed
+    correctness: str = struct.field(default="report_f1", **_STATIC)  # CORRECTNESS
     pad_id: int = struct.field(default=SPECIAL_TOKENS.index("<pad>"), **_STATIC)
     bos_id: int = struct.field(default=SPECIAL_TOKENS.index("<bos>"), **_STATIC)
     eos_id: int = struct.field(default=SPECIAL_TOKENS.index("<eos>"), **_STATIC)
@@ -118,6 +127,8 @@ class RewardConfig:
             raise ValueError("consistency rules must use the same critical set and critical_weight")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.correctness not in CORRECTNESS:
+            raise ValueError(f"correctness must be one of {CORRECTNESS}, got {self.correctness!r}")
         if self.uncertain_as not in UNCERTAIN_AS:
             raise ValueError(
                 f"uncertain_as must be one of {tuple(UNCERTAIN_AS)}, got {self.uncertain_as!r}"
@@ -164,6 +175,7 @@ def reward_config_from(config_reward: ml_collections.ConfigDict, schema: Schema)
         repeat_margin=float(c.repeat_margin),
         gate_consistency=bool(c.gate_consistency),
         gate_consistency_critical=bool(c.gate_consistency_critical),
+        correctness=str(c.correctness),
     )
 
 
@@ -318,6 +330,35 @@ def label_f1(
     return jnp.where(denom > 0, 2 * tp / jnp.where(denom > 0, denom, 1.0), 1.0)
 
 
+def corpus_f1_credit(
+    gen_labels: jax.Array, ref_labels: jax.Array, weights: jax.Array, uncertain_as: str
+) -> jax.Array:
+    """Each report's credit for the micro-F1 of its batch, ``[N]`` in [0, 1] from labels ``[N, K]``.
+
+    ``F + N·(F - F₋ᵢ)``, clipped to [0, 1]: the batch's weighted micro-F1 ``F`` (counts as in
+    ``label_f1``, summed over all N reports) plus N times what removing report ``i`` would take
+    from it (a leave-one-out *difference reward*). ``F`` is the same for every report, so group
+    advantages see only the difference term, which to first order is
+    ``(2(1-F)·tpᵢ - F·(fpᵢ + fnᵢ)) / s̄`` with ``s̄`` the batch mean of ``2tp + fp + fn``: a true
+    positive gains, a false positive or a miss costs, and a normal report called normal is
+    neutral, as in corpus micro-F1. Pass weights that score "No Finding" to mirror the
+    evaluation, where a normal study earns its true positive through that observation.
+    """
+    g, r = positive_degree(gen_labels, uncertain_as), positive_degree(ref_labels, uncertain_as)
+    both = jnp.minimum(g, r)
+    tp = jnp.sum(weights * both, -1)
+    fp = jnp.sum(weights * (g - both), -1)
+    fn = jnp.sum(weights * (r - both), -1)
+
+    def micro_f1(tp_sum, errors):
+        denom = 2 * tp_sum + errors
+        return jnp.where(denom > 0, 2 * tp_sum / jnp.where(denom > 0, denom, 1.0), 1.0)
+
+    total = micro_f1(tp.sum(), fp.sum() + fn.sum())
+    without = micro_f1(tp.sum() - tp, fp.sum() - fp + fn.sum() - fn)
+    return jnp.clip(total + tp.shape[0] * (total - without), 0.0, 1.0)
+
+
 def _nlg(cand, cand_mask, ref, ref_mask, cfg: RewardConfig, df_table) -> dict[str, jax.Array]:
     """BLEU-4, ROUGE-L, CIDEr-D/10 (when weighted) and their normalised mix ``nlg``."""
     w_bleu, w_rouge, w_cider = cfg.nlg_weights
@@ -364,7 +405,11 @@ def hierarchical_reward(
 
     weights = jnp.where(jnp.asarray(cfg.critical), cfg.critical_weight, 1.0) * jnp.asarray(cfg.scored)
     gen_labels, ref_labels = jnp.asarray(inputs.gen_labels), jnp.asarray(inputs.ref_labels)
-    correctness = label_f1(gen_labels[:, _REPORT], ref_labels[:, _REPORT], weights, cfg.uncertain_as)
+    if cfg.correctness == "corpus_f1":
+        every = jnp.where(jnp.asarray(cfg.critical), cfg.critical_weight, 1.0)  # No Finding too
+        correctness = corpus_f1_credit(gen_labels[:, _REPORT], ref_labels[:, _REPORT], every, cfg.uncertain_as)
+    else:
+        correctness = label_f1(gen_labels[:, _REPORT], ref_labels[:, _REPORT], weights, cfg.uncertain_as)
 
     gen_f, gen_i = gen_labels[:, _FINDINGS], gen_labels[:, _IMPRESSION]
     breakdown = consistency_breakdown(gen_f, gen_i, cfg.consistency)
@@ -417,4 +462,5 @@ def default_reward_config() -> ml_collections.ConfigDict:
     c.repeat_margin = 0.2
     c.gate_consistency = True
     c.gate_consistency_critical = True
+    c.correctness = "corpus_f1"
     return c

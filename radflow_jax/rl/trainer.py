@@ -205,7 +205,8 @@ def run_rl(
     rl = config.rl
     run = RLRun(config, data.tokenizer.vocab_size, frozen=frozen)
     reward_cfg = hierarchy.reward_config_from(config.reward, data.schema)
-    iterator = iter(prepare.make_split_dataset(data, config, "train", train=True, batch_size=rl.batch_size))
+    iterator = iter(prepare.make_split_dataset(data, config, "train", train=True, batch_size=rl.batch_size,
+                                               augment=rl.augment))
     checkpointer = ckpt_lib.Checkpointer(
         os.path.join(workdir, "checkpoints", "rl"), save_every=rl.checkpoint_every, keep=rl.keep_checkpoints
     )

@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from radflow_jax import config as config_lib
@@ -37,6 +38,20 @@ def test_prepare_regenerates_when_settings_change(tmp_path):
     bigger = prepare.prepare_data(_config(num_train=16), str(tmp_path))
     assert len(bigger.splits["train"]) == 16
     assert not os.path.exists(str(tmp_path / "data") + ".partial")
+
+
+def test_augment_override_gives_the_evaluation_images(tmp_path):
+    """``augment=False`` (the RL stage's ``rl.augment``) keeps the training order and shuffling but
+    yields the images exactly as evaluation decodes them; the default jitters them."""
+    config = _config()
+    data = prepare.prepare_data(config, str(tmp_path))
+    clean = next(iter(prepare.make_split_dataset(data, config, "train", train=False, batch_size=12)))
+    by_index = {int(i): image for i, image in zip(clean["index"], clean["image"])}
+    for augment, same in ((False, True), (None, False)):
+        batch = next(iter(prepare.make_split_dataset(data, config, "train", train=True, batch_size=4,
+                                                     augment=augment)))
+        equal = [np.array_equal(image, by_index[int(i)]) for i, image in zip(batch["index"], batch["image"])]
+        assert all(equal) if same else not any(equal), augment
 
 
 def test_truncation_is_counted(tmp_path):

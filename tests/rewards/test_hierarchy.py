@@ -20,6 +20,7 @@ from radflow_jax.data.tokenizer import train_tokenizer
 from radflow_jax.rewards import nlg
 from radflow_jax.rewards.hierarchy import (
     RewardInputs,
+    corpus_f1_credit,
     default_reward_config,
     hierarchical_reward,
     host_labels,
@@ -113,7 +114,8 @@ def _score(batch, cfg, df_table=None) -> tuple[dict[str, float], dict[str, dict[
 
 @pytest.fixture(scope="module")
 def hier(batch):
-    return _score(batch, _config())
+    """Per-report F1 correctness, so each case's terms depend on that case alone."""
+    return _score(batch, _config(correctness="report_f1"))
 
 
 def test_every_term_lies_in_unit_interval(hier, batch, tok):
@@ -209,12 +211,12 @@ def test_flat_mode_ignores_sections(batch, hier):
 
 
 def test_jit_equals_eager_and_cider_option(batch, hier, tok):
-    cfg = _config()
+    cfg = _config(correctness="report_f1")
     total, terms = hierarchical_reward(batch, cfg)
     np.testing.assert_allclose(np.asarray(total), [hier[0][n] for n in NAMES] + [hier[0]["copy"]] * (N - len(NAMES)),
                                rtol=1e-6, atol=1e-7)
     df = nlg.build_df([tok.encode(r) for _, r in CASES.values()])
-    with_cider = _config(nlg={"bleu4": 0.25, "rouge_l": 0.25, "cider_d": 0.5})
+    with_cider = _config(nlg={"bleu4": 0.25, "rouge_l": 0.25, "cider_d": 0.5}, correctness="report_f1")
     with pytest.raises(ValueError, match="df_table"):
         hierarchical_reward(batch, with_cider)
     _, terms = hierarchical_reward(batch, with_cider, df)  # eager: one compile less
@@ -248,6 +250,67 @@ def test_label_f1_uncertain_modes():
     # half: tp = 0.5, fn = 0.5 + 1 -> 1 / (1 + 1.5)
     assert float(label_f1(gen, ref, w, "half")[0]) == pytest.approx(0.4)
     assert float(label_f1(gen, gen, w, "half")[0]) == 1.0
+
+
+def _brute_force_credit(gen, ref, w, uncertain_as):
+    """F + N·(F − F without report i), from scratch with numpy, one report left out at a time."""
+    soft = {"negative": 0.0, "positive": 1.0, "half": 0.5}[uncertain_as]
+    degree = lambda x: np.where(x == 1, 1.0, np.where(x == -1, soft, 0.0))  # noqa: E731
+    g, r = degree(gen), degree(ref)
+    tp, fp, fn = (w * np.minimum(g, r)).sum(1), (w * (g - np.minimum(g, r))).sum(1), (w * (r - np.minimum(g, r))).sum(1)
+
+    def f1(keep):
+        d = 2 * tp[keep].sum() + fp[keep].sum() + fn[keep].sum()
+        return 2 * tp[keep].sum() / d if d > 0 else 1.0
+
+    n, every = len(gen), np.ones(len(gen), bool)
+    return np.array([np.clip(f1(every) + n * (f1(every) - f1(np.arange(n) != i)), 0, 1) for i in range(n)])
+
+
+@pytest.mark.parametrize("uncertain_as", ["negative", "positive", "half"])
+def test_corpus_f1_credit_equals_leave_one_out(uncertain_as):
+    rng = np.random.default_rng(1)
+    k = len(CXR.observations)
+    gen = rng.choice([1, 0, -1, LABEL_BLANK], size=(12, k), p=[0.15, 0.1, 0.05, 0.7]).astype(np.int8)
+    ref = rng.choice([1, 0, -1, LABEL_BLANK], size=(12, k), p=[0.15, 0.1, 0.05, 0.7]).astype(np.int8)
+    w = np.where(np.isin(np.arange(k), [CXR.index(c) for c in CXR.critical]), 2.0, 1.0)
+    got = np.asarray(corpus_f1_credit(gen, ref, jnp.asarray(w), uncertain_as))
+    np.testing.assert_allclose(got, _brute_force_credit(gen, ref, w, uncertain_as), atol=1e-5)
+
+
+def test_corpus_f1_credit_prices_errors_as_micro_f1_does():
+    """Per-report F1 charges a false finding on a normal study as much as a missed finding (both
+    0); corpus credit, like corpus micro-F1, charges the false finding less, and credits a normal
+    study called normal (a No Finding true positive) like a hit. Columns: No Finding, Cardiomegaly."""
+    k = len(CXR.observations)
+    nf, cm = CXR.index("No Finding"), CXR.index("Cardiomegaly")
+
+    def labels(*positives):
+        row = np.full(k, LABEL_BLANK, np.int8)
+        row[list(positives)] = 1
+        return row
+
+    normal, abnormal = labels(nf), labels(cm)
+    cases = {"normal_ok": (normal, normal), "normal_fp": (labels(nf, cm), normal),
+             "hit": (abnormal, abnormal), "miss": (normal, abnormal)}
+    gen = np.stack([g for g, _ in cases.values()] * 4)
+    ref = np.stack([r for _, r in cases.values()] * 4)
+    w = jnp.ones(k)
+    credit = dict(zip(cases, np.asarray(corpus_f1_credit(gen, ref, w, "negative"))))
+    per_report = dict(zip(cases, np.asarray(label_f1(gen, ref, w.at[nf].set(0.0), "negative"))))
+    assert per_report["normal_fp"] == per_report["miss"] == 0.0
+    assert credit["hit"] == pytest.approx(credit["normal_ok"])
+    assert credit["normal_ok"] > credit["normal_fp"] > credit["miss"]
+
+
+def test_hierarchical_reward_uses_the_configured_correctness(batch):
+    _, corpus = _score(batch, _config(correctness="corpus_f1"))
+    total, terms = _REWARD(batch, _config(correctness="corpus_f1"))
+    every = jnp.where(jnp.asarray(_config().critical), 2.0, 1.0)
+    want = corpus_f1_credit(batch.gen_labels[:, 0], batch.ref_labels[:, 0], every, "negative")
+    np.testing.assert_allclose(np.asarray(terms["correctness"]), np.asarray(want), atol=1e-6)
+    with pytest.raises(ValueError, match="correctness"):
+        _config(correctness="accuracy")
 
 
 def test_repeated_4gram_fraction_exact():
