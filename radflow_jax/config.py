@@ -188,7 +188,7 @@ def base_config() -> ml_collections.ConfigDict:
     # corpus_f1: each report's leave-one-out share of its rollout batch's micro-F1 (the evaluation's
     # headline) | report_f1: per-report F1, which makes a false positive on a normal study cost as
     # much as a missed finding (rewards/hierarchy.py has the why)
-    c.reward.correctness = "corpus_f1"
+    c.reward.label_credit = "corpus_f1"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"

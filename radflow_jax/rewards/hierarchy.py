@@ -15,9 +15,9 @@ the reward is jitted into the RL step. Terms, each in [0, 1] and logged on its o
   earns no fluency however many n-grams it happens to share.
 - ``correctness``: agreement of the report's positive observations with the reference's;
   critical observations weigh ``critical_weight`` in every count, so missing one costs most. Two
-  forms (``correctness``): ``"report_f1"``, the weighted F1 of this report (``label_f1``), or
-  ``"corpus_f1"``, this report's share of the micro-F1 of its whole rollout batch
-  (``corpus_f1_credit``). Why the second exists: the evaluation's headline is corpus micro-F1,
+  forms (``label_credit``, also used by the Impression's label term): ``"report_f1"``, the
+  weighted F1 of this report (``label_f1``), or ``"corpus_f1"``, this report's share of the
+  micro-F1 of its whole rollout batch (``corpus_f1_credit``). Why the second exists: the evaluation's headline is corpus micro-F1,
   where true negatives count for nothing, while per-report F1 scores a normal study called normal
   1 and the same report with one false positive 0. A false finding on a normal study then costs as
   much as a missed finding on an abnormal one, and under ambiguous image evidence GRPO learns to
@@ -32,7 +32,8 @@ the reward is jitted into the RL step. Terms, each in [0, 1] and logged on its o
   0.68 → 1.00, critical sensitivity 0.75 → 0.00), because a hedged or wrong-sided critical call
   costs more consistency than it earns correctness. A consistent report that misses a critical
   finding earns no consistency credit.
-- ``impression``: ``(1 - a)·label_f1(I, I*) + a·ROUGE-L(I, I*)``, ``a = impression_rouge_weight``.
+- ``impression``: ``(1 - a)·L(I, I*) + a·ROUGE-L(I, I*)``, ``a = impression_rouge_weight``, ``L`` the
+  label credit above on the Impression's labels.
 
 Total: ``R = Σ w·term / Σ w`` — weights are normalised, so R lies in [0, 1] in both modes and the
 weights state relative importance. Where the reference has no Impression (R2Gen's findings-only
@@ -71,7 +72,7 @@ from radflow_jax.rewards.consistency import (
 from radflow_jax.rewards.schema import LABEL_BLANK, NEGATIVE, POSITIVE, UNCERTAIN, Schema
 
 MODES = ("hierarchical", "flat")
-CORRECTNESS = ("report_f1", "corpus_f1")
+LABEL_CREDITS = ("report_f1", "corpus_f1")
 UNCERTAIN_AS = {"negative": 0.0, "positive": 1.0, "half": 0.5}
 SECTIONS = ("report", "findings", "impression")  # order of the label array's second axis
 _REPORT, _FINDINGS, _IMPRESSION = range(3)
@@ -110,7 +111,7 @@ class RewardConfig:
     repeat_margin: float = struct.field(**_STATIC)  # allowed repeated-4-gram share above the ref's
     gate_consistency: bool = struct.field(**_STATIC)  # consistency x sections gate
     gate_consistency_critical: bool = struct.field(default=True, **_STATIC)  # x no critical missed
-    correctness: str = struct.field(default="report_f1", **_STATIC)  # CORRECTNESS
+    label_credit: str = struct.field(default="report_f1", **_STATIC)  # LABEL_CREDITS
     pad_id: int = struct.field(default=SPECIAL_TOKENS.index("<pad>"), **_STATIC)
     bos_id: int = struct.field(default=SPECIAL_TOKENS.index("<bos>"), **_STATIC)
     eos_id: int = struct.field(default=SPECIAL_TOKENS.index("<eos>"), **_STATIC)
@@ -127,8 +128,8 @@ class RewardConfig:
             raise ValueError("consistency rules must use the same critical set and critical_weight")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.correctness not in CORRECTNESS:
-            raise ValueError(f"correctness must be one of {CORRECTNESS}, got {self.correctness!r}")
+        if self.label_credit not in LABEL_CREDITS:
+            raise ValueError(f"label_credit must be one of {LABEL_CREDITS}, got {self.label_credit!r}")
         if self.uncertain_as not in UNCERTAIN_AS:
             raise ValueError(
                 f"uncertain_as must be one of {tuple(UNCERTAIN_AS)}, got {self.uncertain_as!r}"
@@ -175,7 +176,7 @@ def reward_config_from(config_reward: ml_collections.ConfigDict, schema: Schema)
         repeat_margin=float(c.repeat_margin),
         gate_consistency=bool(c.gate_consistency),
         gate_consistency_critical=bool(c.gate_consistency_critical),
-        correctness=str(c.correctness),
+        label_credit=str(c.label_credit),
     )
 
 
@@ -405,11 +406,15 @@ def hierarchical_reward(
 
     weights = jnp.where(jnp.asarray(cfg.critical), cfg.critical_weight, 1.0) * jnp.asarray(cfg.scored)
     gen_labels, ref_labels = jnp.asarray(inputs.gen_labels), jnp.asarray(inputs.ref_labels)
-    if cfg.correctness == "corpus_f1":
+    if cfg.label_credit == "corpus_f1":
         every = jnp.where(jnp.asarray(cfg.critical), cfg.critical_weight, 1.0)  # No Finding too
-        correctness = corpus_f1_credit(gen_labels[:, _REPORT], ref_labels[:, _REPORT], every, cfg.uncertain_as)
+
+        def credit(gen: jax.Array, ref: jax.Array) -> jax.Array:
+            return corpus_f1_credit(gen, ref, every, cfg.uncertain_as)
     else:
-        correctness = label_f1(gen_labels[:, _REPORT], ref_labels[:, _REPORT], weights, cfg.uncertain_as)
+        def credit(gen: jax.Array, ref: jax.Array) -> jax.Array:
+            return label_f1(gen, ref, weights, cfg.uncertain_as)
+    correctness = credit(gen_labels[:, _REPORT], ref_labels[:, _REPORT])
 
     gen_f, gen_i = gen_labels[:, _FINDINGS], gen_labels[:, _IMPRESSION]
     breakdown = consistency_breakdown(gen_f, gen_i, cfg.consistency)
@@ -421,7 +426,7 @@ def hierarchical_reward(
     if cfg.gate_consistency_critical:
         consistency = consistency * gates["gate_critical"]
 
-    imp_labels = label_f1(gen_i, ref_labels[:, _IMPRESSION], weights, cfg.uncertain_as)
+    imp_labels = credit(gen_i, ref_labels[:, _IMPRESSION])
     imp_rouge = nlg.rouge_l(inputs.gen_tokens, gen.impression, inputs.ref_tokens, ref.impression)
     a = cfg.impression_rouge_weight
     impression = (1 - a) * imp_labels + a * imp_rouge
@@ -462,5 +467,5 @@ def default_reward_config() -> ml_collections.ConfigDict:
     c.repeat_margin = 0.2
     c.gate_consistency = True
     c.gate_consistency_critical = True
-    c.correctness = "corpus_f1"
+    c.label_credit = "corpus_f1"
     return c

@@ -115,7 +115,7 @@ def _score(batch, cfg, df_table=None) -> tuple[dict[str, float], dict[str, dict[
 @pytest.fixture(scope="module")
 def hier(batch):
     """Per-report F1 correctness, so each case's terms depend on that case alone."""
-    return _score(batch, _config(correctness="report_f1"))
+    return _score(batch, _config(label_credit="report_f1"))
 
 
 def test_every_term_lies_in_unit_interval(hier, batch, tok):
@@ -211,12 +211,12 @@ def test_flat_mode_ignores_sections(batch, hier):
 
 
 def test_jit_equals_eager_and_cider_option(batch, hier, tok):
-    cfg = _config(correctness="report_f1")
+    cfg = _config(label_credit="report_f1")
     total, terms = hierarchical_reward(batch, cfg)
     np.testing.assert_allclose(np.asarray(total), [hier[0][n] for n in NAMES] + [hier[0]["copy"]] * (N - len(NAMES)),
                                rtol=1e-6, atol=1e-7)
     df = nlg.build_df([tok.encode(r) for _, r in CASES.values()])
-    with_cider = _config(nlg={"bleu4": 0.25, "rouge_l": 0.25, "cider_d": 0.5}, correctness="report_f1")
+    with_cider = _config(nlg={"bleu4": 0.25, "rouge_l": 0.25, "cider_d": 0.5}, label_credit="report_f1")
     with pytest.raises(ValueError, match="df_table"):
         hierarchical_reward(batch, with_cider)
     _, terms = hierarchical_reward(batch, with_cider, df)  # eager: one compile less
@@ -304,13 +304,13 @@ def test_corpus_f1_credit_prices_errors_as_micro_f1_does():
 
 
 def test_hierarchical_reward_uses_the_configured_correctness(batch):
-    _, corpus = _score(batch, _config(correctness="corpus_f1"))
-    total, terms = _REWARD(batch, _config(correctness="corpus_f1"))
+    _, corpus = _score(batch, _config(label_credit="corpus_f1"))
+    total, terms = _REWARD(batch, _config(label_credit="corpus_f1"))
     every = jnp.where(jnp.asarray(_config().critical), 2.0, 1.0)
     want = corpus_f1_credit(batch.gen_labels[:, 0], batch.ref_labels[:, 0], every, "negative")
     np.testing.assert_allclose(np.asarray(terms["correctness"]), np.asarray(want), atol=1e-6)
-    with pytest.raises(ValueError, match="correctness"):
-        _config(correctness="accuracy")
+    with pytest.raises(ValueError, match="label_credit"):
+        _config(label_credit="accuracy")
 
 
 def test_repeated_4gram_fraction_exact():
