@@ -187,10 +187,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward.repeat_margin = 0.2  # allowed repeated-4-gram share above the reference's
     c.reward.gate_consistency = True  # consistency × sections gate
     c.reward.gate_consistency_critical = True  # consistency × "no critical reference finding missed"
-    # corpus_f1: each report's leave-one-out share of its rollout batch's micro-F1 (the evaluation's
-    # headline) | report_f1: per-report F1, which makes a false positive on a normal study cost as
-    # much as a missed finding (rewards/hierarchy.py has the why)
-    c.reward.label_credit = "corpus_f1"
+    # report_f1: per-report F1 of the labels (report and Impression terms) | corpus_f1: each report's
+    # leave-one-out share of its rollout batch's micro-F1, the evaluation's headline (why, and the
+    # measured comparison: rewards/hierarchy.py and docs/results.md)
+    c.reward.label_credit = "report_f1"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"

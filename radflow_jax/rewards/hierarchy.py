@@ -467,5 +467,5 @@ def default_reward_config() -> ml_collections.ConfigDict:
     c.repeat_margin = 0.2
     c.gate_consistency = True
     c.gate_consistency_critical = True
-    c.label_credit = "corpus_f1"
+    c.label_credit = "report_f1"
     return c
