@@ -17,12 +17,14 @@ the reward is jitted into the RL step. Terms, each in [0, 1] and logged on its o
   critical observations weigh ``critical_weight`` in every count, so missing one costs most. Two
   forms (``label_credit``, also used by the Impression's label term): ``"report_f1"``, the
   weighted F1 of this report (``label_f1``), or ``"corpus_f1"``, this report's share of the
-  micro-F1 of its whole rollout batch (``corpus_f1_credit``). Why the second exists: the evaluation's headline is corpus micro-F1,
-  where true negatives count for nothing, while per-report F1 scores a normal study called normal
-  1 and the same report with one false positive 0. A false finding on a normal study then costs as
-  much as a missed finding on an abnormal one, and under ambiguous image evidence GRPO learns to
-  call everything normal (measured on the cxr default: every finding except cardiomegaly was pushed
-  out of the greedy reports).
+  micro-F1 of its whole rollout batch (``corpus_f1_credit``). Why the second exists: the
+  evaluation's headline is corpus micro-F1, where true negatives count for nothing, while
+  per-report F1 scores a normal study called normal 1 and the same report with one false positive
+  0, so a false finding on a normal study costs as much as a missed finding on an abnormal one.
+  On cxr rollouts of the default SFT model the per-report F1 advantage pushes away from stating
+  pleural effusion (its statements are right 43 % of the time) and the corpus credit pushes
+  towards it. At the end of a run the difference did not show in greedy test metrics, and on
+  carotid ``corpus_f1`` did worse (docs/results.md), so ``report_f1`` is the default.
 - ``consistency``: ``consistency.consistency_score`` of the report's own Findings and Impression
   labels (reference-free), times the sections gate when ``gate_consistency`` (a report without an
   Impression has no consistency to reward), and times the **critical gate** when
