@@ -315,6 +315,21 @@ def positive_degree(labels: jax.Array, uncertain_as: str) -> jax.Array:
     return jnp.where(labels == POSITIVE, 1.0, uncertain)
 
 
+def _label_counts(
+    gen_labels: jax.Array, ref_labels: jax.Array, weights: jax.Array, uncertain_as: str
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Weighted ``tp, fp, fn`` per report: ``Σ w·min(g, r)``, ``Σ w·(g - min)``, ``Σ w·(r - min)``."""
+    g, r = positive_degree(gen_labels, uncertain_as), positive_degree(ref_labels, uncertain_as)
+    both = jnp.minimum(g, r)
+    return jnp.sum(weights * both, -1), jnp.sum(weights * (g - both), -1), jnp.sum(weights * (r - both), -1)
+
+
+def _f1(tp: jax.Array, errors: jax.Array) -> jax.Array:
+    """``2tp / (2tp + fp + fn)``, and 1 when there is no positive on either side."""
+    denom = 2 * tp + errors
+    return jnp.where(denom > 0, 2 * tp / jnp.where(denom > 0, denom, 1.0), 1.0)
+
+
 def label_f1(
     gen_labels: jax.Array, ref_labels: jax.Array, weights: jax.Array, uncertain_as: str
 ) -> jax.Array:
@@ -324,13 +339,8 @@ def label_f1(
     degrees and ``w`` per observation (0 = not scored); ``2tp / (2tp + fp + fn)``, and 1 when
     neither side has a positive (a normal study called normal).
     """
-    g, r = positive_degree(gen_labels, uncertain_as), positive_degree(ref_labels, uncertain_as)
-    both = jnp.minimum(g, r)
-    tp = jnp.sum(weights * both, -1)
-    fp = jnp.sum(weights * (g - both), -1)
-    fn = jnp.sum(weights * (r - both), -1)
-    denom = 2 * tp + fp + fn
-    return jnp.where(denom > 0, 2 * tp / jnp.where(denom > 0, denom, 1.0), 1.0)
+    tp, fp, fn = _label_counts(gen_labels, ref_labels, weights, uncertain_as)
+    return _f1(tp, fp + fn)
 
 
 def corpus_f1_credit(
@@ -343,22 +353,13 @@ def corpus_f1_credit(
     from it (a leave-one-out *difference reward*). ``F`` is the same for every report, so group
     advantages see only the difference term, which to first order is
     ``(2(1-F)·tpᵢ - F·(fpᵢ + fnᵢ)) / s̄`` with ``s̄`` the batch mean of ``2tp + fp + fn``: a true
-    positive gains, a false positive or a miss costs, and a normal report called normal is
-    neutral, as in corpus micro-F1. Pass weights that score "No Finding" to mirror the
-    evaluation, where a normal study earns its true positive through that observation.
+    positive gains, a false positive or a miss costs, and true negatives count for nothing, as in
+    corpus micro-F1. Pass weights that score "No Finding" to mirror the evaluation, where a normal
+    study called normal earns its true positive through that observation.
     """
-    g, r = positive_degree(gen_labels, uncertain_as), positive_degree(ref_labels, uncertain_as)
-    both = jnp.minimum(g, r)
-    tp = jnp.sum(weights * both, -1)
-    fp = jnp.sum(weights * (g - both), -1)
-    fn = jnp.sum(weights * (r - both), -1)
-
-    def micro_f1(tp_sum, errors):
-        denom = 2 * tp_sum + errors
-        return jnp.where(denom > 0, 2 * tp_sum / jnp.where(denom > 0, denom, 1.0), 1.0)
-
-    total = micro_f1(tp.sum(), fp.sum() + fn.sum())
-    without = micro_f1(tp.sum() - tp, fp.sum() - fp + fn.sum() - fn)
+    tp, fp, fn = _label_counts(gen_labels, ref_labels, weights, uncertain_as)
+    total = _f1(tp.sum(), fp.sum() + fn.sum())
+    without = _f1(tp.sum() - tp, fp.sum() - fp + fn.sum() - fn)
     return jnp.clip(total + tp.shape[0] * (total - without), 0.0, 1.0)
 
 
