@@ -43,6 +43,47 @@ def test_roc_auc_matches_pair_counting():
     assert np.isnan(vision.roc_auc(np.arange(3.0), np.zeros(3, bool)))
 
 
+def test_tune_thresholds_finds_the_separating_cut():
+    # Observation 0 is separable between 0.1 and 0.3 (the lowest cut that separates wins);
+    # observation 1's positives sit below 0.5, so the default threshold misses all of them.
+    probs = np.array([[0.3, 0.4], [0.3, 0.45], [0.1, 0.2], [0.1, 0.05], [0.6, 0.42]])
+    labels = np.array([[1, 1], [1, 1], [0, 0], [0, 0], [1, 1]])
+    thresholds = vision.tune_thresholds(probs, labels)
+    assert thresholds[0] == pytest.approx(0.1) and thresholds[1] == pytest.approx(0.2)
+    assert ((probs > thresholds) == (labels == 1)).all()
+
+
+def test_tune_thresholds_never_does_worse_than_one_half():
+    rng = np.random.default_rng(0)
+    labels = (rng.uniform(size=(200, 4)) < [0.05, 0.1, 0.3, 0.5]).astype(np.int8)
+    labels[rng.uniform(size=labels.shape) < 0.05] = -1  # uncertain: never a positive
+    probs = np.clip(0.3 * (labels == 1) + rng.uniform(0, 0.6, size=labels.shape), 0, 1)
+
+    def micro(pred):
+        tp = (pred & (labels == 1)).sum()
+        return 2 * tp / (2 * tp + (pred & (labels != 1)).sum() + (~pred & (labels == 1)).sum())
+
+    tuned = vision.tune_thresholds(probs, labels)
+    assert micro(probs > tuned) >= micro(probs > 0.5)
+    # each coordinate is a best response: no single grid move improves micro-F1
+    for k in range(4):
+        for t in np.linspace(0.05, 0.95, 19):
+            moved = tuned.copy()
+            moved[k] = t
+            assert micro(probs > moved) <= micro(probs > tuned) + 1e-12
+
+
+def test_classifier_scores_cover_the_split_and_refuse_unlabelled_records(data):
+    k = len(data.schema.observations)
+    scores, labels = vision.classifier_scores(
+        lambda image, view_mask: jnp.zeros((image.shape[0], k)), data, _config(), "val")
+    assert scores.shape == labels.shape == (len(data.splits["val"]), k)
+    unlabelled = dataclasses.replace(
+        data, splits={**data.splits, "val": [dataclasses.replace(r, labels=None) for r in data.splits["val"]]})
+    with pytest.raises(ValueError, match="'val' has records without labels"):
+        vision.classifier_scores(lambda image, view_mask: None, unlabelled, _config(), "val")
+
+
 def test_report_labels_are_the_labelers_reading(data):
     records = data.splits["train"][:20]
     stripped = [dataclasses.replace(r, labels=None) for r in records]
