@@ -208,7 +208,8 @@ def tune_thresholds(
 
     for _ in range(rounds):
         for k in range(probs.shape[1]):
-            candidates = [np.where(np.arange(len(thresholds)) == k, t, thresholds) for t in grid]
+            values = sorted({*map(float, grid), float(thresholds[k])})  # never worse than now
+            candidates = [np.where(np.arange(len(thresholds)) == k, t, thresholds) for t in values]
             thresholds = max(candidates, key=micro_f1)
     return thresholds
 

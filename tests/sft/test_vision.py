@@ -65,6 +65,7 @@ def test_tune_thresholds_never_does_worse_than_one_half():
 
     tuned = vision.tune_thresholds(probs, labels)
     assert micro(probs > tuned) >= micro(probs > 0.5)
+    assert micro(probs > vision.tune_thresholds(probs, labels, grid=(0.95,))) >= micro(probs > 0.5)
     # each coordinate is a best response: no single grid move improves micro-F1
     for k in range(4):
         for t in np.linspace(0.05, 0.95, 19):
