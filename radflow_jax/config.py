@@ -12,7 +12,8 @@ import os
 import ml_collections
 
 from radflow_jax.parallel import mesh as mesh_lib
-from radflow_jax.rewards import hierarchy, labeler_train, schema
+from radflow_jax import schema
+from radflow_jax.rewards import hierarchy, labeler_train
 
 STAGES: tuple[str, ...] = ("data", "vision", "sft", "labeler", "rl", "eval")
 DATA_SOURCES = ("synthetic", "r2gen", "mimic_cxr_jpg", "openi_xml", "jsonl", "tfds")

@@ -17,7 +17,7 @@ import sys
 from absl import app, flags
 from flax import nnx
 
-from radflow_jax.rewards.schema import get_schema
+from radflow_jax.schema import get_schema
 from radflow_jax.scoring import evaluate_policy, score_files
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Score a training run's checkpoint on its eval split.")

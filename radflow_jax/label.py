@@ -33,7 +33,7 @@ from absl import app, flags
 
 from radflow_jax.data.sections import SectionError
 from radflow_jax.rewards.labeler import Labels, label_report, label_text
-from radflow_jax.rewards.schema import MODALITIES, Schema, get_schema
+from radflow_jax.schema import MODALITIES, Schema, get_schema
 
 _MODALITY = flags.DEFINE_enum("modality", None, list(MODALITIES), "Observation schema to label for.")
 _INPUT = flags.DEFINE_string("input", None, "Reports: .jsonl ({'id', 'text'} per line) or .csv (id,text).")

@@ -14,7 +14,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
-from radflow_jax.rewards.schema import POSITIVE
+from radflow_jax.schema import POSITIVE
 
 CHEXPERT_COMMON5: tuple[str, ...] = (
     "Cardiomegaly",

@@ -24,7 +24,7 @@ from radflow_jax import metrics as metrics_lib
 from radflow_jax.data import prepare
 from radflow_jax.data.sections import Sections, parse_target
 from radflow_jax.rewards import consistency, labeler
-from radflow_jax.rewards.schema import Schema
+from radflow_jax.schema import Schema
 from radflow_jax.rl.sampling import sample
 
 COMMON5 = metrics_lib.CHEXPERT_COMMON5

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from radflow_jax.data.synthetic import generate_case
-from radflow_jax.rewards.schema import get_schema
+from radflow_jax.schema import get_schema
 from radflow_jax.scoring import score_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

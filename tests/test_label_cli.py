@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from radflow_jax.rewards.schema import get_schema
+from radflow_jax.schema import get_schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

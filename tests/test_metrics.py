@@ -14,7 +14,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 
 from radflow_jax import metrics
 from radflow_jax.data.synthetic import generate_case
-from radflow_jax.rewards.schema import get_schema
+from radflow_jax.schema import get_schema
 
 PREDICTIONS = {
     "a": "The heart is normal in size. No pleural effusion.",

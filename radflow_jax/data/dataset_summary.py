@@ -16,7 +16,7 @@ import numpy as np
 
 from radflow_jax.data.formats import Record, SkipReport
 from radflow_jax.data.sections import Sections, format_target
-from radflow_jax.rewards.schema import POSITIVE, UNCERTAIN, Schema
+from radflow_jax.schema import POSITIVE, UNCERTAIN, Schema
 
 
 def _labels(records: Sequence[Record], schema: Schema | None) -> dict:

@@ -23,7 +23,7 @@ from absl import logging
 from PIL import Image
 
 from radflow_jax.data.sections import SectionError, parse_sections
-from radflow_jax.rewards.schema import LABEL_BLANK, Schema, get_schema
+from radflow_jax.schema import LABEL_BLANK, Schema, get_schema
 
 ON_BAD_RECORD = ("error", "skip")
 _LABEL_VALUES = (1, 0, -1, None)

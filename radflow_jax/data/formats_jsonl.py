@@ -12,7 +12,7 @@ One study per line, UTF-8::
      "split": "train",                                 # optional: train/val/test, else drawn
      "indication": "TIA"}                              # optional
 
-Label names are the modality schema's observations (``rewards/schema.py``). Unknown keys are
+Label names are the modality schema's observations (``schema.py``). Unknown keys are
 errors, so a misspelt ``"impresion"`` cannot silently drop a section. Studies without a ``split``
 get a stable 70/10/20 one from their id (``formats.assign_split``).
 """
@@ -37,7 +37,7 @@ from radflow_jax.data.formats import (
     assign_split,
     bad_record_handler,
 )
-from radflow_jax.rewards.schema import LABEL_BLANK, Schema
+from radflow_jax.schema import LABEL_BLANK, Schema
 
 REQUIRED_KEYS = ("id", "images", "findings", "impression", "modality")
 OPTIONAL_KEYS = ("labels", "critical", "split", "indication")

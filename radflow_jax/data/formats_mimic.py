@@ -37,7 +37,7 @@ from radflow_jax.data.formats import (
     bad_record_handler,
 )
 from radflow_jax.data.sections import Sections
-from radflow_jax.rewards.schema import LABEL_BLANK, Schema, get_schema
+from radflow_jax.schema import LABEL_BLANK, Schema, get_schema
 
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv"
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"

@@ -33,7 +33,7 @@ from PIL import Image
 from radflow_jax.data.formats import Record, RecordError
 from radflow_jax.data.sections import Sections, format_target
 from radflow_jax.data.tokenizer import ReportTokenizer
-from radflow_jax.rewards.schema import LABEL_BLANK
+from radflow_jax.schema import LABEL_BLANK
 
 _PREFETCH_BATCHES = 4  # per process; a batch of 32 two-view 256² images is ~16 MB
 

@@ -21,7 +21,7 @@ from radflow_jax.data import formats, pipeline, sources
 from radflow_jax.data.sections import Sections, format_target
 from radflow_jax.data.synthetic import writer
 from radflow_jax.data.tokenizer import ReportTokenizer, train_tokenizer
-from radflow_jax.rewards import schema as schema_lib
+from radflow_jax import schema as schema_lib
 
 
 @dataclasses.dataclass(frozen=True)

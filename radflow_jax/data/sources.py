@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from radflow_jax.data import formats, formats_jsonl, formats_mimic, formats_openi
-from radflow_jax.rewards.schema import Schema
+from radflow_jax.schema import Schema
 
 SOURCES = ("synthetic", "r2gen", "mimic_cxr_jpg", "openi_xml", "jsonl", "tfds")
 

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from radflow_jax.models.layers import Dense, LayerNorm, MASK_VALUE, attend, param, positions_from_mask, rope
-from radflow_jax.rewards.schema import LABEL_BLANK, NEGATIVE, POSITIVE, UNCERTAIN
+from radflow_jax.schema import LABEL_BLANK, NEGATIVE, POSITIVE, UNCERTAIN
 
 # Class index → label value. Class c of value v is ``1 - v`` (1→0, 0→1, -1→2, LABEL_BLANK=-2→3).
 CLASS_VALUES = np.array([POSITIVE, NEGATIVE, UNCERTAIN, LABEL_BLANK], np.int8)

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from radflow_jax.rewards.schema import LABEL_BLANK, NEGATIVE, POSITIVE, UNCERTAIN, Schema
+from radflow_jax.schema import LABEL_BLANK, NEGATIVE, POSITIVE, UNCERTAIN, Schema
 
 NO_FINDING = "No Finding"
 EXEMPT = {"cxr": ("Support Devices",), "carotid": ()}

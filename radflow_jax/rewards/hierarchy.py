@@ -71,7 +71,7 @@ from radflow_jax.rewards.consistency import (
     consistency_breakdown,
     consistency_rules,
 )
-from radflow_jax.rewards.schema import LABEL_BLANK, NEGATIVE, POSITIVE, UNCERTAIN, Schema
+from radflow_jax.schema import LABEL_BLANK, NEGATIVE, POSITIVE, UNCERTAIN, Schema
 
 MODES = ("hierarchical", "flat")
 LABEL_CREDITS = ("report_f1", "corpus_f1")

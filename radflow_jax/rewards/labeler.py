@@ -46,7 +46,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from radflow_jax.data.sections import parse_sections
-from radflow_jax.rewards.schema import LABEL_BLANK, NEGATIVE, POSITIVE, UNCERTAIN, Schema
+from radflow_jax.schema import LABEL_BLANK, NEGATIVE, POSITIVE, UNCERTAIN, Schema
 
 _FLAGS = re.IGNORECASE
 

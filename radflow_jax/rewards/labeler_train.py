@@ -55,7 +55,7 @@ from radflow_jax.models.labeler_net import (
 )
 from radflow_jax.parallel import mesh as mesh_lib
 from radflow_jax.rewards import labeler as rule_labeler
-from radflow_jax.rewards.schema import Schema
+from radflow_jax.schema import Schema
 from radflow_jax.run_log import RunLog
 
 BACKENDS = ("rule", "net")

@@ -14,7 +14,7 @@ statements rather than on boilerplate while the sequence's total weight is uncha
 from the rule labeler on the decoded text and are mapped back to tokens exactly on the host
 (``token_char_offsets``); the trainer runs this overlapped with device work.
 
-The label arrays follow ``rewards.schema``: int [.., K] in schema order, 1 positive, 0 negative,
+The label arrays follow ``schema``: int [.., K] in schema order, 1 positive, 0 negative,
 -1 uncertain, ``LABEL_BLANK`` not mentioned. "Critical label" means *positive or not*: an
 uncertain or missing critical finding disagrees with a positive reference.
 """
@@ -29,7 +29,7 @@ import numpy as np
 
 from radflow_jax.data.tokenizer import ReportTokenizer
 from radflow_jax.rewards.labeler import label_text
-from radflow_jax.rewards.schema import POSITIVE, Schema
+from radflow_jax.schema import POSITIVE, Schema
 
 
 def critical_index(schema: Schema) -> tuple[int, ...]:

@@ -41,7 +41,7 @@ from radflow_jax.models.policy import PolicyConfig, Projector
 from radflow_jax.models.vit import VisionTransformer
 from radflow_jax.parallel import mesh as mesh_lib
 from radflow_jax.rewards import hierarchy, labeler
-from radflow_jax.rewards.schema import LABEL_BLANK, Schema
+from radflow_jax.schema import LABEL_BLANK, Schema
 from radflow_jax.run_log import RunLog
 from radflow_jax.sft.trainer import make_optimizer, make_policy_config
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from radflow_jax.data.formats import RecordError, load_r2gen
-from radflow_jax.rewards.schema import LABEL_BLANK, get_schema
+from radflow_jax.schema import LABEL_BLANK, get_schema
 
 SCHEMA = get_schema("cxr")
 

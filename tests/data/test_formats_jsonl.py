@@ -11,7 +11,7 @@ from PIL import Image
 
 from radflow_jax.data.formats import RecordError, assign_split
 from radflow_jax.data.formats_jsonl import load_jsonl_studies
-from radflow_jax.rewards.schema import LABEL_BLANK, get_schema
+from radflow_jax.schema import LABEL_BLANK, get_schema
 
 SCHEMA = get_schema("carotid")
 

@@ -16,7 +16,7 @@ from radflow_jax.data.formats_mimic import (
     normalize_section_name,
     section_text,
 )
-from radflow_jax.rewards.schema import LABEL_BLANK, get_schema
+from radflow_jax.schema import LABEL_BLANK, get_schema
 
 SCHEMA = get_schema("cxr")
 HEAD = "                                 FINAL REPORT\n"

@@ -19,7 +19,7 @@ from radflow_jax.data.formats import RecordError, load_r2gen
 from radflow_jax.data.pipeline import make_dataset
 from radflow_jax.data.sections import Sections, format_target
 from radflow_jax.data.tokenizer import train_tokenizer
-from radflow_jax.rewards.schema import LABEL_BLANK
+from radflow_jax.schema import LABEL_BLANK
 
 if not flags.FLAGS.is_parsed():  # Grain's spawned workers read absl flags; pytest never parses them
     flags.FLAGS(sys.argv[:1])

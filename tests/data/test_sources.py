@@ -10,7 +10,7 @@ import pytest
 
 from radflow_jax import config as config_lib
 from radflow_jax.data import sources
-from radflow_jax.rewards.schema import get_schema
+from radflow_jax.schema import get_schema
 
 HERE = Path(__file__).parent
 NEW_FIELDS = {  # fields data/sources.py reads beyond today's base_config (the lead adds them)

@@ -14,7 +14,7 @@ from radflow_jax.data.tokenizer import train_tokenizer
 from radflow_jax.models import labeler_net as ln
 from radflow_jax.parallel import mesh as mesh_lib
 from radflow_jax.rewards.labeler_train import train_step
-from radflow_jax.rewards.schema import LABEL_BLANK, get_schema
+from radflow_jax.schema import LABEL_BLANK, get_schema
 
 CXR = get_schema("cxr")
 K = len(CXR.observations)

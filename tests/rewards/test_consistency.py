@@ -16,7 +16,7 @@ from radflow_jax.rewards.consistency import (
     consistency_score,
 )
 from radflow_jax.rewards.labeler import label_array
-from radflow_jax.rewards.schema import LABEL_BLANK, get_schema
+from radflow_jax.schema import LABEL_BLANK, get_schema
 
 CXR = get_schema("cxr")
 RULES = consistency_rules(CXR)

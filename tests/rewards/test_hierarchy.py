@@ -30,7 +30,7 @@ from radflow_jax.rewards.hierarchy import (
     section_masks,
 )
 from radflow_jax.rewards.labeler import label_report
-from radflow_jax.rewards.schema import LABEL_BLANK, get_schema
+from radflow_jax.schema import LABEL_BLANK, get_schema
 
 CXR = get_schema("cxr")
 N, T = 16, 160  # every test batch is padded to this shape

@@ -16,7 +16,7 @@ import pytest
 from radflow_jax.data.sections import parse_sections
 from radflow_jax.data.synthetic import generate_case
 from radflow_jax.rewards.labeler import Labels, label_array, label_report, label_text
-from radflow_jax.rewards.schema import LABEL_BLANK, get_schema
+from radflow_jax.schema import LABEL_BLANK, get_schema
 
 CXR, CAROTID = get_schema("cxr"), get_schema("carotid")
 

@@ -18,7 +18,7 @@ from radflow_jax.data.synthetic import cxr, cxr_report
 from radflow_jax.data.tokenizer import ReportTokenizer, train_tokenizer
 from radflow_jax.rewards import labeler as rule_labeler
 from radflow_jax.rewards import labeler_train as lt
-from radflow_jax.rewards.schema import LABEL_BLANK, get_schema
+from radflow_jax.schema import LABEL_BLANK, get_schema
 from radflow_jax.run_log import read_metrics
 
 CXR = get_schema("cxr")

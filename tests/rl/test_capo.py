@@ -8,7 +8,7 @@ import pytest
 from radflow_jax.data.sections import format_target, parse_sections
 from radflow_jax.data.synthetic import generate_case
 from radflow_jax.data.tokenizer import normalize_report, train_tokenizer
-from radflow_jax.rewards.schema import LABEL_BLANK, get_schema
+from radflow_jax.schema import LABEL_BLANK, get_schema
 from radflow_jax.rl.capo import (
     capo_metrics,
     critical_cases,

@@ -16,7 +16,7 @@ import numpy as np
 
 from radflow_jax.data.synthetic import carotid_report
 from radflow_jax.data.synthetic.case import Case
-from radflow_jax.rewards import schema
+from radflow_jax import schema
 
 SIDES: tuple[str, ...] = ("right", "left")
 VIEWS: tuple[str, ...] = ("right duplex", "left duplex")

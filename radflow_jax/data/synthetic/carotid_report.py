@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from radflow_jax.data.synthetic.case import Mention
-from radflow_jax.rewards import schema
+from radflow_jax import schema
 
 FINDINGS_FAMILIES: tuple[str, ...] = ("by_side", "by_vessel", "terse")
 IMPRESSION_STYLES: tuple[str, ...] = ("numbered", "prose", "normal")

@@ -24,7 +24,7 @@ import numpy as np
 
 from radflow_jax.data.synthetic.case import Case
 from radflow_jax.data.synthetic.cxr_report import finding_labels, write_report
-from radflow_jax.rewards.schema import get_schema
+from radflow_jax.schema import get_schema
 
 _SIGN = {"right": -1.0, "left": 1.0}  # patient side -> image x direction
 _CM = 0.025  # image units per centimetre (thorax ~30 cm across ~0.76 of the image)

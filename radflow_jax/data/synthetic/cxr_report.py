@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from radflow_jax.data.synthetic.case import Mention
-from radflow_jax.rewards.schema import CHEXPERT_OBSERVATIONS, NEGATIVE, POSITIVE, UNCERTAIN
+from radflow_jax.schema import CHEXPERT_OBSERVATIONS, NEGATIVE, POSITIVE, UNCERTAIN
 
 FINDINGS_FAMILIES: tuple[str, ...] = ("structured", "narrative", "terse", "comparison")
 IMPRESSION_STYLES: tuple[str, ...] = ("numbered", "prose", "terse", "normal")

@@ -20,7 +20,7 @@ from PIL import Image
 
 from radflow_jax.data import formats, formats_jsonl, formats_mimic, formats_openi
 from radflow_jax.data.formats import Record, RecordError, SkipReport
-from radflow_jax.rewards.schema import LABEL_BLANK, Schema, get_schema
+from radflow_jax.schema import LABEL_BLANK, Schema, get_schema
 
 SPLITS = ("train", "val", "test")
 _CRITICAL_UNKNOWN = -1  # int8 encoding of Record.critical=None

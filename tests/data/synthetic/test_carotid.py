@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from radflow_jax.data.synthetic import carotid, carotid_report, generate_case
-from radflow_jax.rewards import schema
+from radflow_jax import schema
 
 NUM_CASES = 300
 HEDGES = ("possible", "possibly", "likely", "probable", "questionable", "borderline", "suggest",

@@ -10,7 +10,7 @@ import pytest
 
 from radflow_jax.data.synthetic import cxr, generate_case
 from radflow_jax.data.synthetic.cxr_report import FINDINGS_FAMILIES, IMPRESSION_STYLES
-from radflow_jax.rewards.schema import CHEXPERT_OBSERVATIONS, get_schema
+from radflow_jax.schema import CHEXPERT_OBSERVATIONS, get_schema
 
 NUM_CASES = 300
 HEDGES = ("possibl", "questionable", "cannot be excluded", "not excluded", "may", "borderline", "could")

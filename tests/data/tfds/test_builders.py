@@ -24,7 +24,7 @@ from radflow_jax.data import formats, pipeline  # noqa: E402
 from radflow_jax.data.formats import Record, RecordError  # noqa: E402
 from radflow_jax.data.tfds import cli, source  # noqa: E402
 from radflow_jax.data.tokenizer import train_tokenizer  # noqa: E402
-from radflow_jax.rewards.schema import get_schema  # noqa: E402
+from radflow_jax.schema import get_schema  # noqa: E402
 
 
 def _sibling(name: str):

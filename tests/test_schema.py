@@ -2,7 +2,7 @@
 
 import pytest
 
-from radflow_jax.rewards import schema
+from radflow_jax import schema
 
 
 def test_cxr_is_the_chexpert_set():
