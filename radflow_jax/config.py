@@ -20,6 +20,7 @@ DATA_SOURCES = ("synthetic", "r2gen", "mimic_cxr_jpg", "openi_xml", "jsonl", "tf
 SECTION_FALLBACKS = ("error", "findings", "last_sentence")
 TOKENIZER_KINDS = ("word", "bpe")
 MODEL_SIZES = ("toy", "tiny", "small", "base", "1b", "7b")
+REMAT_POLICIES = ("none", "full", "dots_saveable")  # models/policy.py
 
 
 DEFAULT_RULES = (
@@ -94,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.size = "tiny"  # toy | tiny | small | base | 1b | 7b (models/policy.py SIZES)
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
-    c.model.remat = False  # recompute blocks in the backward pass (memory for compute)
+    c.model.remat = "none"  # none | full | dots_saveable: what a block recomputes in the backward pass
 
     # Device mesh and logical-axis rules: every parameter and activation names its axes
     # ("embed", "mlp", ...); these rules map them onto mesh axes. -1 = all remaining devices.
@@ -294,6 +295,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     m = config.model
     _check(m.size in MODEL_SIZES, "model.size", f"must be one of {MODEL_SIZES}")
     _check(m.dtype in ("float32", "bfloat16"), "model.dtype", "must be 'float32' or 'bfloat16'")
+    _check(m.remat in REMAT_POLICIES, "model.remat", f"must be one of {REMAT_POLICIES}")
     shape = dict(config.mesh.shape)
     _check(set(shape) <= {"data", "fsdp", "tensor"}, "mesh.shape", "axes are data, fsdp, tensor")
     _check(list(shape.values()).count(-1) <= 1, "mesh.shape", "at most one axis may be -1")

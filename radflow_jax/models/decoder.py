@@ -162,7 +162,7 @@ class TextModel(nnx.Module):
 class Decoder(nnx.Module):
     """HF ``LlamaForCausalLM``: ``model`` plus an untied ``lm_head`` (kernel [D, vocab])."""
 
-    def __init__(self, cfg: TextConfig, *, dtype: jnp.dtype, remat: bool, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, *, dtype: jnp.dtype, remat: str, rngs: nnx.Rngs):
         self.cfg = cfg
         self.dtype = dtype
         self.remat = remat
@@ -187,7 +187,7 @@ class Decoder(nnx.Module):
         """
         kvs = []
         for layer in self.model.layers:
-            if self.remat:
+            if self.remat != "none":
                 x, kv = nnx.remat(lambda lyr, *a: lyr(*a))(layer, x, positions, mask)
             else:
                 x, kv = layer(x, positions, mask)

@@ -72,6 +72,7 @@ from radflow_jax.models.layers import Dense, positions_from_mask
 from radflow_jax.models.vit import VisionConfig, VisionTransformer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+REMAT_POLICIES = ("none", "full", "dots_saveable")  # what a block keeps for the backward pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +80,13 @@ class PolicyConfig:
     vision: VisionConfig
     text: TextConfig
     dtype: str = "float32"  # compute dtype; parameters are always float32
-    remat: bool = False  # rematerialise each block in the backward pass
+    remat: str = "none"  # REMAT_POLICIES: recompute blocks in the backward pass
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
 
     @property
     def compute_dtype(self) -> jnp.dtype:

@@ -104,7 +104,7 @@ class VisionBlock(nnx.Module):
 class VisionTransformer(nnx.Module):
     """Images [B, H, W, C] in [-1, 1] -> patch features [B, N, hidden] (after ``post_layernorm``)."""
 
-    def __init__(self, cfg: VisionConfig, *, dtype: jnp.dtype, remat: bool, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, *, dtype: jnp.dtype, remat: str, rngs: nnx.Rngs):
         self.cfg = cfg
         self.dtype = dtype
         self.remat = remat
@@ -130,5 +130,5 @@ class VisionTransformer(nnx.Module):
         x = self.patch_embedding(patchify(images, c.patch_size))
         x = x + self.position_embedding[...].astype(self.dtype)
         for block in self.layers:
-            x = nnx.remat(lambda blk, y: blk(y))(block, x) if self.remat else block(x)
+            x = nnx.remat(lambda blk, y: blk(y))(block, x) if self.remat != "none" else block(x)
         return self.post_layernorm(x)
