@@ -7,6 +7,12 @@ The second form scores any system's output in the R2Gen result format (``{id: [t
 models can be compared on the same metrics: Bleu_1-4, METEOR, ROUGE_L, CIDEr, CE precision/recall/F1
 (14 and 5 observations, micro/macro, example-based), consistency rate, critical-case sensitivity and
 specificity, mean length; with ``--labels=labels.jsonl`` also the ``gt_`` metrics.
+
+``--normalize`` chooses how text is normalised before pycocoevalcap scores it (stored as
+``"normalize"`` in the output): ``r2gen_iu`` / ``r2gen_mimic`` are R2Gen's own report cleaners, as
+MRG papers score; ``none`` scores the strings verbatim (for result files that are already cleaned,
+as most published ones are); ``radflow`` is this project's variant. Default: ``r2gen_iu`` for
+result files, the run's own setting for ``--workdir``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import sys
 from absl import app, flags
 from flax import nnx
 
+from radflow_jax.metrics import NORMALIZERS
 from radflow_jax.schema import get_schema
 from radflow_jax.scoring import evaluate_policy, score_files
 
@@ -28,6 +35,9 @@ _LABELS = flags.DEFINE_string("labels", None, "Optional labels.jsonl with ground
 _MODALITY = flags.DEFINE_enum("modality", "cxr", ["cxr", "carotid"], "Schema for file scoring.")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the metrics JSON (default: stdout).")
 _NO_METEOR = flags.DEFINE_bool("no_meteor", False, "Skip METEOR (it needs Java).")
+_NORMALIZE = flags.DEFINE_enum("normalize", None, list(NORMALIZERS),
+                               "NLG text normaliser (default: r2gen_iu for files, the run's for --workdir).")
+_FILES_NORMALIZE = "r2gen_iu"  # result files come in R2Gen's format, so R2Gen's cleaning
 
 
 def main(argv: list[str]) -> None:
@@ -47,13 +57,14 @@ def main(argv: list[str]) -> None:
         data = prepare_lib.prepare_data(config, _WORKDIR.value)
         graphdef, params = nnx.split(run.policy(state))
         result = evaluate_policy(graphdef, params, data, config, _WORKDIR.value, stage=stage,
-                                 step=step, device_batch=run.device_batch)
+                                 step=step, device_batch=run.device_batch, normalize=_NORMALIZE.value)
     else:
         if not (_PREDICTIONS.value and _REFERENCES.value):
             raise app.UsageError("--predictions and --references go together")
         try:
             result = score_files(_PREDICTIONS.value, _REFERENCES.value, get_schema(_MODALITY.value),
-                                 labels_path=_LABELS.value, meteor=meteor)
+                                 labels_path=_LABELS.value, meteor=meteor,
+                                 normalize=_NORMALIZE.value or _FILES_NORMALIZE)
         except (ValueError, KeyError) as e:  # bad input files: one clear line, no traceback
             sys.exit(f"evaluate: {e}")
     text = json.dumps(result, indent=1)

@@ -1,7 +1,9 @@
 """Evaluation metrics as pure functions over strings and label arrays (DESIGN §4).
 
-NLG scores are pycocoevalcap's scorers on R2Gen-normalised text, as report-generation papers give
-them; clinical efficacy (CE) follows the R2Gen convention (positive = label 1; uncertain and
+NLG scores are pycocoevalcap's scorers on normalised text; the normaliser is a choice
+(``NORMALIZERS``) recorded with every result, because report-generation papers score R2Gen's own
+cleaning and a result file that is already cleaned must be scored verbatim to reproduce them.
+Clinical efficacy (CE) follows the R2Gen convention (positive = label 1; uncertain and
 not-mentioned count as negative). The ``evaluate`` entry point assembles these into its output.
 """
 
@@ -26,6 +28,14 @@ CHEXPERT_COMMON5: tuple[str, ...] = (
 
 # --------------------------------------------------------------------------- text
 
+# How text is normalised before pycocoevalcap scores it:
+#   none         the strings verbatim (for result files already cleaned, as published ones are)
+#   r2gen_iu     R2Gen's ``clean_report_iu_xray``, then whitespace tokens joined by one space
+#   r2gen_mimic  R2Gen's ``clean_report_mimic_cxr``, likewise
+#   radflow      ``radflow_normalize`` (this project's own R2Gen-style variant; the default so far)
+NORMALIZERS: tuple[str, ...] = ("none", "r2gen_iu", "r2gen_mimic", "radflow")
+DEFAULT_NORMALIZE = "radflow"
+
 _LIST_MARKER = re.compile(r"(^|[.!?;:]\s+)\d{1,2}[.)]\s+")  # "1. " / "2) " opening a sentence
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")  # not the point of a decimal number
 _QUOTES = re.compile(r"[\"'`‘’“”]")  # deleted, so "patient's" stays one word
@@ -33,14 +43,15 @@ _NON_WORD = re.compile(r"[^a-z0-9.]+")
 _STRAY_DOT = re.compile(r"(?<!\d)\.|\.(?!\d)")  # any point not inside a number like 1.5
 
 
-def r2gen_normalize(text: str) -> str:
-    """R2Gen-style text: lower-case, punctuation stripped, sentences joined by ``" . "``.
+def radflow_normalize(text: str) -> str:
+    """RadFlow's R2Gen-style text: lower-case, punctuation stripped, sentences joined by ``" . "``.
 
     Like R2Gen's cleaners, list markers ("1. ") go and every sentence ends with `` .``; unlike
     them, punctuation becomes a space rather than vanishing (so "50-69%" reads "50 69", not
-    "5069"), decimal points survive ("1.5 cm"), and all whitespace collapses to single spaces
-    (a newline makes pycocoevalcap's METEOR hang). Only ``[a-z0-9 .]`` remains. Idempotent:
-    normalising normalised text changes nothing.
+    "5069", and "b-lines" reads "b lines"), decimal points survive ("1.5 cm"), and all whitespace
+    collapses to single spaces (a newline makes pycocoevalcap's METEOR hang). Only ``[a-z0-9 .]``
+    remains. Idempotent: normalising normalised text changes nothing. Its scores differ from
+    R2Gen's cleaning by up to ~1e-3 BLEU/ROUGE-L, so papers' numbers need ``r2gen_iu``/``r2gen_mimic``.
     """
     text = _LIST_MARKER.sub(r"\1", " ".join(text.lower().split()))
     sentences = []
@@ -50,6 +61,64 @@ def r2gen_normalize(text: str) -> str:
         if sentence:
             sentences.append(sentence)
     return " . ".join(sentences) + " ." if sentences else ""
+
+
+# R2Gen (Chen et al., EMNLP 2020), https://github.com/cuhksz-nlp/R2Gen, modules/tokenizers.py,
+# ``Tokenizer.clean_report_iu_xray`` / ``clean_report_mimic_cxr``: the same operations in the same
+# order. ``":-\["`` in the character class is a *range* (":" to "[", i.e. ``:;<=>?@A-Z[``), so
+# the class holds no hyphen and "b-lines" or "50-69" keep theirs, while "<" ">" "=" "@" vanish.
+_R2GEN_PUNCT = re.compile(r"[.,?;*!%^&_+():-\[\]{}]")
+_R2GEN_LISTS = (("1. ", ""), (". 2. ", ". "), (". 3. ", ". "), (". 4. ", ". "), (". 5. ", ". "),
+                (" 2. ", ". "), (" 3. ", ". "), (" 4. ", ". "), (" 5. ", ". "))
+_R2GEN_IU = (("..", "."),) * 3 + _R2GEN_LISTS
+_R2GEN_MIMIC = (("\n", " "),) + (("__", "_"),) * 7 + (("  ", " "),) * 6 + (("..", "."),) * 8 + _R2GEN_LISTS
+
+
+def _r2gen_clean(report: str, replacements: tuple[tuple[str, str], ...]) -> str:
+    for old, new in replacements:
+        report = report.replace(old, new)
+    sentences = []
+    for sentence in report.strip().lower().split(". "):
+        for char in ('"', "/", "\\", "'"):
+            sentence = sentence.replace(char, "")
+        # R2Gen keeps empty sentences (its filter compares a str with [], always true): "a. . b"
+        # gives "a .  . b ." and an empty report " .".
+        sentences.append(_R2GEN_PUNCT.sub("", sentence.strip().lower()))
+    return " . ".join(sentences) + " ."
+
+
+def clean_report_iu_xray(report: str) -> str:
+    """R2Gen's ``clean_report_iu_xray``, character for character (source cited above ``_R2GEN_PUNCT``).
+
+    Quirks kept because published IU X-Ray numbers carry them: ``"1. "`` is deleted anywhere
+    ("11. " becomes "1"), only ``". "`` ends a sentence, hyphens survive, decimals lose their
+    point ("1.5 cm" → "15 cm"), line breaks stay (R2Gen's tokenizer then splits on whitespace).
+    """
+    return _r2gen_clean(report, _R2GEN_IU)
+
+
+def clean_report_mimic_cxr(report: str) -> str:
+    """R2Gen's ``clean_report_mimic_cxr``, character for character: as the IU X-Ray cleaner, after
+    line breaks become spaces, ``__`` runs and double spaces shrink and more ``..`` collapse."""
+    return _r2gen_clean(report, _R2GEN_MIMIC)
+
+
+def normalize_text(text: str, name: str) -> str:
+    """``text`` as the ``name`` normaliser (``NORMALIZERS``) hands it to pycocoevalcap.
+
+    The R2Gen choices are followed by what R2Gen's tokenizer and decoder do to a cleaned report
+    (split on whitespace, join with one space), without its vocabulary's ``<unk>`` for rare
+    words (that depends on a training set and its frequency threshold).
+    """
+    if name == "none":
+        return text
+    if name == "radflow":
+        return radflow_normalize(text)
+    if name == "r2gen_iu":
+        return " ".join(clean_report_iu_xray(text).split())
+    if name == "r2gen_mimic":
+        return " ".join(clean_report_mimic_cxr(text).split())
+    raise ValueError(f"unknown normaliser {name!r}; choose one of {list(NORMALIZERS)}")
 
 
 def length_stats(texts: Sequence[str]) -> dict[str, float]:
@@ -80,17 +149,25 @@ def _meteor(gts: dict, res: dict) -> float:
 
 
 def nlg_scores(
-    predictions: Mapping[Hashable, str], references: Mapping[Hashable, str], *, meteor: bool = True
+    predictions: Mapping[Hashable, str],
+    references: Mapping[Hashable, str],
+    *,
+    meteor: bool = True,
+    normalize: str = DEFAULT_NORMALIZE,
 ) -> dict[str, float]:
     """Corpus BLEU-1..4, METEOR, ROUGE-L and CIDEr of ``predictions`` against ``references``.
 
-    Both are R2Gen-normalised first. CIDEr's document frequencies come from these references, as
-    in pycocoevalcap (so the score depends on the evaluated set). METEOR starts a JVM (~10 s).
+    Both pass through the ``normalize`` normaliser first (``NORMALIZERS``; ``"none"`` hands the
+    strings to pycocoevalcap as they are). CIDEr's document frequencies come from these
+    references, as in pycocoevalcap (so the score depends on the evaluated set). METEOR starts a
+    JVM (~10 s).
     """
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
+    if normalize not in NORMALIZERS:
+        raise ValueError(f"unknown normaliser {normalize!r}; choose one of {list(NORMALIZERS)}")
     missing, extra = set(references) - set(predictions), set(predictions) - set(references)
     if missing or extra:
         raise ValueError(
@@ -104,11 +181,17 @@ def nlg_scores(
         bad = [k for k, v in texts.items() if not isinstance(v, str)]
         if bad:
             raise TypeError(f"every {name} must be a str; not for ids {bad[:5]}")
-    res = {k: [r2gen_normalize(predictions[k])] for k in references}
-    gts = {k: [r2gen_normalize(references[k])] for k in references}
+    res = {k: [normalize_text(predictions[k], normalize)] for k in references}
+    gts = {k: [normalize_text(references[k], normalize)] for k in references}
     if not any(v[0] for v in gts.values()):
         raise ValueError("every reference is empty after normalisation; nothing to score against")
-
+    if meteor:
+        for name, texts in (("prediction", res), ("reference", gts)):
+            broken = [k for k, v in texts.items() if "\n" in v[0] or "\r" in v[0]]
+            if broken:
+                raise ValueError(f"{name} {broken[0]!r} contains a line break, which hangs "
+                                 f"pycocoevalcap's METEOR; choose a normaliser other than "
+                                 f"{normalize!r} or skip METEOR")
     with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its counts
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     scores = {f"Bleu_{n + 1}": float(b) for n, b in enumerate(bleu)}

@@ -4,6 +4,7 @@
 same greedy settings for every stage (so ``eval/sft.json`` and ``eval/rl.json`` compare like with
 like) and writes ``DIR/eval/<stage>.json`` with per-case predictions and the metrics of DESIGN §4.
 ``score_files`` scores any system's R2Gen-format output. The CLI is ``radflow_jax.evaluate``.
+Every result names the NLG normaliser (``"normalize"``, see ``metrics.NORMALIZERS``) that made it.
 """
 
 from __future__ import annotations
@@ -78,12 +79,16 @@ def score(
     *,
     ground_truth: Mapping[str, Sequence[int]] | None = None,
     meteor: bool = True,
+    normalize: str = metrics_lib.DEFAULT_NORMALIZE,
+    nlg_texts: tuple[Mapping[str, str], Mapping[str, str]] | None = None,
 ) -> dict:
     """All metrics of DESIGN §4 for sectioned reports keyed by case id.
 
-    NLG metrics read the two sections joined (no headers); labels come from the rule labeler on the
-    whole report; the consistency rate compares the generated Findings with the generated
-    Impression; ``gt_`` metrics compare the generated labels with ground truth where it exists.
+    NLG metrics read the two sections joined (no headers), or ``nlg_texts`` (predictions,
+    references) where given, through the ``normalize`` normaliser; labels come from the rule
+    labeler on the whole report; the consistency rate compares the generated Findings with the
+    generated Impression; ``gt_`` metrics compare the generated labels with ground truth where it
+    exists. ``result["normalize"]`` records the normaliser.
     """
     ids = sorted(references)
     missing = [i for i in ids if i not in predictions]
@@ -93,11 +98,14 @@ def score(
     refs = [references[i] for i in ids]
     joined = {i: f"{p.findings} {p.impression}".strip() for i, p in zip(ids, preds)}
     ref_joined = {i: f"{r.findings} {r.impression}".strip() for i, r in zip(ids, refs)}
+    nlg_pred, nlg_ref = nlg_texts or (joined, ref_joined)
     pred_labels = labeler.label_array([report_text(p) for p in preds], schema)
     ref_labels = labeler.label_array([report_text(r) for r in refs], schema)
     common5 = COMMON5 if schema.modality == "cxr" else None
     critical = [schema.index(c) for c in schema.critical]
-    result = metrics_lib.nlg_scores(joined, ref_joined, meteor=meteor)
+    result: dict = {"normalize": normalize}
+    result.update(metrics_lib.nlg_scores({i: nlg_pred[i] for i in ids}, {i: nlg_ref[i] for i in ids},
+                                         meteor=meteor, normalize=normalize))
     result.update(metrics_lib.ce_scores(pred_labels, ref_labels, schema.observations, common5=common5))
     result.update(metrics_lib.critical_scores(pred_labels, ref_labels, critical))
     result["consistency_rate"] = consistency.consistency_rate(
@@ -124,8 +132,13 @@ def evaluate_policy(
     stage: str,
     step: int,
     device_batch,
+    normalize: str | None = None,
 ) -> dict:
-    """Decodes and scores the eval split; writes ``DIR/eval/<stage>.json``; returns the metrics."""
+    """Decodes and scores the eval split; writes ``DIR/eval/<stage>.json``; returns the metrics.
+
+    ``normalize`` (``metrics.NORMALIZERS``): the NLG normaliser; ``None`` means the run's default,
+    ``metrics.DEFAULT_NORMALIZE`` until the config carries one.
+    """
     start = time.perf_counter()
     generated = generate_split(graphdef, params, data, config, device_batch)
     records = {r.id: r for r in data.splits[config.eval.split] if r.id in generated}
@@ -136,7 +149,9 @@ def evaluate_policy(
     meteor = config.eval.meteor and shutil.which("java") is not None
     if config.eval.meteor and not meteor:
         logging.warning("METEOR skipped: pycocoevalcap's METEOR needs Java, which is not installed")
-    result = score(predictions, references, data.schema, ground_truth=ground_truth, meteor=meteor)
+    normalize = metrics_lib.DEFAULT_NORMALIZE if normalize is None else normalize
+    result = score(predictions, references, data.schema, ground_truth=ground_truth, meteor=meteor,
+                   normalize=normalize)
     cases = [
         {"id": i, "prediction": report_text(predictions[i]), "reference": report_text(references[i])}
         for i in sorted(records)
@@ -175,10 +190,13 @@ def score_files(
     *,
     labels_path: str | None = None,
     meteor: bool = True,
+    normalize: str = metrics_lib.DEFAULT_NORMALIZE,
 ) -> dict:
     """Scores any system's predictions against references (both R2Gen result files).
 
     Texts with FINDINGS/IMPRESSION headers are split; plain strings count as Findings (R2Gen).
+    NLG metrics score a plain string exactly as the file gives it (so ``normalize="none"`` equals
+    pycocoevalcap called on the file's strings) and a headed one as its two sections joined.
     ``labels_path`` (labels.jsonl with ground truth) adds the ``gt_`` metrics.
     """
     from radflow_jax.data.formats import read_labels_jsonl
@@ -193,8 +211,13 @@ def score_files(
                 out[key] = Sections("", "")
         return out
 
-    preds = sections(read_r2gen_results(predictions_path))
-    refs = sections(read_r2gen_results(references_path))
+    def nlg_text(texts: Mapping[str, str], parsed: Mapping[str, Sections]) -> dict[str, str]:
+        plain = {k for k, s in parsed.items() if not s.impression and s.findings == " ".join(texts[k].split())}
+        return {k: texts[k] if k in plain else f"{s.findings} {s.impression}".strip()
+                for k, s in parsed.items()}
+
+    pred_texts, ref_texts = read_r2gen_results(predictions_path), read_r2gen_results(references_path)
+    preds, refs = sections(pred_texts), sections(ref_texts)
     extra = sorted(set(preds) - set(refs))
     if extra:
         raise ValueError(f"{predictions_path}: {len(extra)} ids not in the references, e.g. {extra[:3]}")
@@ -205,4 +228,5 @@ def score_files(
         if missing:
             raise ValueError(f"{labels_path}: no labels for {len(missing)} references, e.g. {missing[:3]}")
         ground_truth = {i: labels[i] for i in refs}
-    return score(preds, refs, schema, ground_truth=ground_truth, meteor=meteor)
+    return score(preds, refs, schema, ground_truth=ground_truth, meteor=meteor, normalize=normalize,
+                 nlg_texts=(nlg_text(pred_texts, preds), nlg_text(ref_texts, refs)))

@@ -1,15 +1,17 @@
-"""Evaluation metrics: R2Gen normalisation, pycocoevalcap NLG scores, CE and critical scores."""
+"""Evaluation metrics: normalisers (R2Gen's cleaners, ours, none), pycocoevalcap NLG scores, CE and critical scores."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import re
+import shutil
 
 import numpy as np
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
 from radflow_jax import metrics
@@ -49,20 +51,68 @@ NLG_KEYS = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"]
         ("  .\t. \n", ""),
     ],
 )
-def test_r2gen_normalize_examples(raw, expected):
-    assert metrics.r2gen_normalize(raw) == expected
+def test_radflow_normalize_examples(raw, expected):
+    assert metrics.radflow_normalize(raw) == expected
 
 
-def test_r2gen_normalize_is_idempotent():
+def test_radflow_normalize_is_idempotent():
     rng = np.random.default_rng(0)
     alphabet = list("aBz09 1.2.,;:!?\n\t-%'\"()<>=/") + ["  ", ". ", "1. ", "2) ", "é"]
     texts = ["".join(rng.choice(alphabet, rng.integers(0, 40))) for _ in range(2000)]
     texts += [generate_case(m, 1, i, 32).report for m in ("cxr", "carotid") for i in range(10)]
     for text in texts:
-        once = metrics.r2gen_normalize(text)
-        assert metrics.r2gen_normalize(once) == once, text
+        once = metrics.radflow_normalize(text)
+        assert metrics.radflow_normalize(once) == once, text
         assert re.fullmatch(r"([a-z0-9.]+( [a-z0-9.]+)*)?", once), once
         assert once == "" or once.endswith(" .")
+
+
+# Expected outputs of R2Gen's own ``clean_report_iu_xray`` / ``clean_report_mimic_cxr``
+# (cuhksz-nlp/R2Gen, modules/tokenizers.py, Chen et al., EMNLP 2020), obtained by running the
+# original functions on these strings; the same check passed on 200k random strings and on all
+# 15,820 FINDINGS/IMPRESSION texts of the Open-I reports. Strings: (text, IU output, MIMIC output).
+R2GEN_CASES = [
+    ("The heart is normal in size. B-lines are not seen. No pneumothorax..",
+     "the heart is normal in size . b-lines are not seen . no pneumothorax .",
+     "the heart is normal in size . b-lines are not seen . no pneumothorax ."),
+    ("1. No acute cardiopulmonary process. 2. Stable 50-69% stenosis. 3. XXXX XXXX opacity.",
+     "no acute cardiopulmonary process . stable 50-69 stenosis . xxxx xxxx opacity .",
+     "no acute cardiopulmonary process . stable 50-69 stenosis . xxxx xxxx opacity ."),
+    ("Heart size normal..  Lungs clear. 11. Item eleven, 1.5 cm nodule; (T-spine) degenerative changes!",
+     "heart size normal . lungs clear . 1item eleven 15 cm nodule t-spine degenerative changes .",
+     "heart size normal . lungs clear . 1item eleven 15 cm nodule t-spine degenerative changes ."),
+    ("Calcified granuloma in the right upper lobe XXXX. There is a 1.2 cm XXXX-XXXX density? "
+     "Pt's \"old\" film.",
+     "calcified granuloma in the right upper lobe xxxx . there is a 12 cm xxxx-xxxx density pts old film .",
+     "calcified granuloma in the right upper lobe xxxx . there is a 12 cm xxxx-xxxx density pts old film ."),
+    ("FINDINGS:\nLungs are clear.  No effusion.\n\nIMPRESSION: Normal__ chest___ x-ray. ... ",
+     "findings\nlungs are clear . no effusion\n\nimpression normal chest x-ray .  .",
+     "findings lungs are clear . no effusion . impression normal chest x-ray .  ."),
+    ("", " .", " ."),
+    ("a. . b", "a .  . b .", "a .  . b ."),
+    ("Post-sternotomy wires <unk> 4. intact [sic] {x} @ >= 70% & ^ * + _",
+     "post-sternotomy wires unk . intact sic x   70      .",
+     "post-sternotomy wires unk . intact sic x   70      ."),
+]
+
+
+@pytest.mark.parametrize("text, iu, mimic", R2GEN_CASES)
+def test_r2gen_cleaners_equal_the_original(text, iu, mimic):
+    assert metrics.clean_report_iu_xray(text) == iu
+    assert metrics.clean_report_mimic_cxr(text) == mimic
+    # What pycocoevalcap is handed: R2Gen's tokenizer splits on whitespace, its decoder joins.
+    assert metrics.normalize_text(text, "r2gen_iu") == " ".join(iu.split())
+    assert metrics.normalize_text(text, "r2gen_mimic") == " ".join(mimic.split())
+
+
+def test_normalize_text_choices():
+    text = "B-lines, 1.5 cm.  Clear"
+    assert metrics.normalize_text(text, "none") == text
+    assert metrics.normalize_text(text, "radflow") == "b lines 1.5 cm . clear ."
+    assert metrics.normalize_text(text, "r2gen_iu") == "b-lines 15 cm . clear ."
+    assert set(metrics.NORMALIZERS) == {"none", "r2gen_iu", "r2gen_mimic", "radflow"}
+    with pytest.raises(ValueError, match="unknown normaliser 'ptb'"):
+        metrics.normalize_text(text, "ptb")
 
 
 def test_length_stats_counts_words_not_points():
@@ -79,8 +129,8 @@ def test_nlg_scores_equal_pycocoevalcap_on_normalised_text(capsys):
     assert list(scores) == NLG_KEYS
     assert capsys.readouterr().out == ""  # Bleu's print is swallowed
 
-    res = {k: [metrics.r2gen_normalize(v)] for k, v in PREDICTIONS.items()}
-    gts = {k: [metrics.r2gen_normalize(v)] for k, v in REFERENCES.items()}
+    res = {k: [metrics.radflow_normalize(v)] for k, v in PREDICTIONS.items()}
+    gts = {k: [metrics.radflow_normalize(v)] for k, v in REFERENCES.items()}
     with contextlib.redirect_stdout(io.StringIO()):
         bleu, _ = Bleu(4).compute_score(gts, res)
     expected = {f"Bleu_{i + 1}": b for i, b in enumerate(bleu)}
@@ -105,6 +155,49 @@ def test_nlg_scores_with_meteor():
     assert scores["METEOR"] == pytest.approx(0.3312578650933151, abs=1e-6)
     without = metrics.nlg_scores(PREDICTIONS, REFERENCES, meteor=False)
     assert {k: scores[k] for k in without} == without
+
+
+# Already-cleaned strings with the spacing quirks a result file may have (double spaces, a
+# leading space): "none" must hand them to pycocoevalcap untouched.
+CLEANED_PRED = {"a": "the heart is normal . b-lines are not seen .", "b": " lungs  clear .",
+                "c": "mild cardiomegaly . 1.5 cm nodule .", "d": "."}
+CLEANED_REF = {"a": "the heart is normal in size . no b-lines .", "b": "the lungs are clear .",
+               "c": "the cardiac silhouette is enlarged . 15 cm nodule .", "d": "no acute disease ."}
+
+
+def _pycocoevalcap(res: dict, gts: dict, meteor: bool) -> dict:
+    res, gts = {k: [v] for k, v in res.items()}, {k: [v] for k, v in gts.items()}
+    with contextlib.redirect_stdout(io.StringIO()):
+        bleu, _ = Bleu(4).compute_score(gts, res)
+    out = {f"Bleu_{i + 1}": b for i, b in enumerate(bleu)}
+    if meteor:
+        out["METEOR"] = Meteor().compute_score(gts, res)[0]
+    out["ROUGE_L"] = Rouge().compute_score(gts, res)[0]
+    out["CIDEr"] = Cider().compute_score(gts, res)[0]
+    return out
+
+
+def test_normalize_none_equals_pycocoevalcap_directly():
+    scores = metrics.nlg_scores(CLEANED_PRED, CLEANED_REF, meteor=False, normalize="none")
+    assert scores == pytest.approx(_pycocoevalcap(CLEANED_PRED, CLEANED_REF, False), abs=1e-12, rel=0)
+    # The other normalisers really change these strings' scores (so the equality above means something).
+    radflow = metrics.nlg_scores(CLEANED_PRED, CLEANED_REF, meteor=False)
+    assert radflow["ROUGE_L"] != pytest.approx(scores["ROUGE_L"], abs=1e-6)
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's METEOR needs Java")
+def test_normalize_none_equals_pycocoevalcap_meteor():
+    """Two JVM starts (~20 s)."""
+    scores = metrics.nlg_scores(CLEANED_PRED, CLEANED_REF, meteor=True, normalize="none")
+    assert scores["METEOR"] == pytest.approx(
+        _pycocoevalcap(CLEANED_PRED, CLEANED_REF, True)["METEOR"], abs=1e-12, rel=0)
+
+
+def test_normalize_none_refuses_line_breaks_for_meteor():
+    with pytest.raises(ValueError, match="prediction 'x' contains a line break"):
+        metrics.nlg_scores({"x": "a\nb"}, {"x": "a b"}, meteor=True, normalize="none")
+    with pytest.raises(ValueError, match="unknown normaliser"):
+        metrics.nlg_scores({"x": "a"}, {"x": "a"}, meteor=False, normalize="R2Gen")
 
 
 def test_nlg_scores_reject_mismatched_ids():

@@ -231,3 +231,63 @@ def test_shape_errors_are_clear():
         nlg.rouge_l(ids, mask[:, :3], ids, mask)
     with pytest.raises(ValueError, match=r"\[B, R\] or \[B, K, R\]"):
         nlg.bleu_all(ids, mask, ids[0], mask[0])
+
+
+# --------------------------------------------------------------------------- reward vs evaluation
+
+
+def _reward_vs_eval(pairs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair: (reward's BLEU-1..4 + ROUGE-L on word-tokenizer ids, evaluate's on its default
+    normalisation), as the RL step and ``scoring.evaluate_policy`` see the same two reports."""
+    from radflow_jax import metrics
+    from radflow_jax.data.sections import Sections, format_target
+    from radflow_jax.data.tokenizer import SPECIAL_TOKENS, train_tokenizer
+
+    def target(text: str) -> str:  # as the policy writes it: tagged sections
+        findings, _, impression = text.partition(" | ")
+        return format_target(Sections(findings, impression))
+
+    tok = train_tokenizer([t for p in pairs for t in p], kind="word", min_frequency=1)
+    cand, cand_mask = _pad([tok.encode(target(c)) for c, _ in pairs])
+    ref, ref_mask = _pad([tok.encode(target(r)) for _, r in pairs])
+    content = len(SPECIAL_TOKENS)  # section tags (and pad/eos) are not scored, as in the reward
+    cand_mask &= cand >= content
+    ref_mask &= ref >= content
+    reward = np.concatenate([np.asarray(nlg.bleu_all(cand, cand_mask, ref, ref_mask)),
+                             np.asarray(nlg.rouge_l(cand, cand_mask, ref, ref_mask))[:, None]], 1)
+    keys = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L"]
+    evaluation = []
+    for c, r in pairs:  # one pair per call: corpus BLEU of one sentence is its sentence BLEU
+        s = metrics.nlg_scores({0: c.replace(" | ", " ")}, {0: r.replace(" | ", " ")}, meteor=False,
+                               normalize=metrics.DEFAULT_NORMALIZE)
+        evaluation.append([s[k] for k in keys])
+    return reward, np.array(evaluation)
+
+
+def test_reward_tokens_agree_with_default_evaluation_on_words_and_periods():
+    """Where a report is words and sentence ends, the word tokenizer's ids are the evaluation's words
+    (one token per word, "." its own token), so the reward's BLEU/ROUGE-L equal evaluate's."""
+    pairs = [
+        ("The heart is normal in size. The lungs are clear. | No acute disease.",
+         "Heart size is normal. Lungs are clear. No pleural effusion. | No acute cardiopulmonary process."),
+        ("Small left pleural effusion. | Small left effusion.",
+         "There is a small left pleural effusion with adjacent atelectasis. | Small left pleural effusion."),
+        ("Mild cardiomegaly. Lungs clear. Lungs clear. | Cardiomegaly.",
+         "The cardiac silhouette is enlarged. The lungs are clear. | Mild cardiomegaly without edema."),
+        ("Patient's lungs are clear. | Normal.", "The LUNGS are CLEAR. | Normal chest."),
+    ]
+    reward, evaluation = _reward_vs_eval(pairs)
+    np.testing.assert_allclose(reward, evaluation, rtol=0, atol=2e-6)
+    assert evaluation[:, 3].max() > 0.1 and evaluation[:, 0].min() < 0.9  # not trivially 0 or 1
+
+
+def test_reward_tokens_differ_from_evaluation_on_commas_digits_hyphens():
+    """Why they can disagree: the tokenizer keeps "," ":" "-" as tokens, splits "245" into digits and
+    drops "!" "?", while the evaluation drops the punctuation, keeps numbers whole and ends a
+    sentence at "!" "?"."""
+    for pair in [("Heart, lungs clear. | Normal.", "Heart and lungs clear. | Normal."),
+                 ("Lungs are clear! | Normal.", "Lungs are clear. | Normal."),
+                 ("Nodule of 245 mm. | Nodule.", "Nodule of 245 mm seen. | Nodule."),
+                 ("No b-lines. | Normal.", "No b lines seen. | Normal.")]:
+        reward, evaluation = _reward_vs_eval([pair])
+        assert np.abs(reward - evaluation).max() > 1e-3, pair
