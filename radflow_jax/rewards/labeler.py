@@ -2,7 +2,10 @@
 
 Rewards, consistency checks and evaluation all need the same question answered for generated and
 reference text: which observations does it state as present (1), absent (0), uncertain (-1), or not
-at all (``None``)? The pipeline, with regular expressions only (no parser is available here):
+at all (``None``)? What a careful reader answers for chest X-rays, and where that departs from the
+CheXpert labeler, is written down in ``docs/labeling.md``; ``rewards/openi_devset.py`` measures this
+labeler against it on hand-labeled Open-I reports. The pipeline, with regular expressions only (no
+parser is available here):
 
 1. **Sentences**: split at ``.``/``!`` followed by a space or the end, and at line breaks (decimals,
    "vs." and "e.g." do not split). Within a sentence, **clauses** end at ``;`` ``:``, "but",
