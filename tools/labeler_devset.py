@@ -1,0 +1,92 @@
+"""The rule labeler on real chest X-ray text: the hand-labeled Open-I dev set and the MeSH tags.
+
+    python tools/labeler_devset.py [--reports=PATH] [--errors]
+
+``--reports``: ``NLMCXR_reports.tgz`` or the ``torchxrayvision`` 1.5.7 wheel that holds it
+(``pip download --no-deps torchxrayvision==1.5.7 -d DIR``); default ``$RADFLOW_OPENI_REPORTS``,
+else ``~/.cache/radflow_jax/openi/NLMCXR_reports.tgz``. Prints, for the dev set
+(``tests/rewards/openi_devset.json``, labeled by hand under ``docs/labeling.md``), per-observation
+precision/recall of positive mentions, positive-mention micro-F1 over the 13 findings, negation
+and uncertain accuracy; then the agreement with Open-I's MeSH tags on every indexed report.
+``--errors`` also lists each dev-set disagreement (report id, observation, hand vs labeler) with
+the report's text, for working on the rules (the text is printed, never written to the repo).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app, flags
+
+from radflow_jax.rewards import labeler, openi_devset
+from radflow_jax.schema import LABEL_BLANK, get_schema
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPORTS = flags.DEFINE_string("reports", None, "NLMCXR_reports.tgz or the torchxrayvision 1.5.7 wheel.")
+_DEVSET = flags.DEFINE_string("devset", os.path.join(_ROOT, "tests", "rewards", "openi_devset.json"),
+                              "Hand labels (ids and labels only).")
+_ERRORS = flags.DEFINE_bool("errors", False, "List every dev-set disagreement with its report text.")
+
+
+def _value(v: int) -> str:
+    return "." if v == LABEL_BLANK else str(int(v))
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    schema = get_schema("cxr")
+    path = openi_devset.find_reports(_REPORTS.value)
+    if path is None:
+        sys.exit(f"labeler_devset: no Open-I reports at {openi_devset.REPORTS_PATH}; pass --reports= or "
+                 f"set ${openi_devset.REPORTS_ENV} (pip download --no-deps torchxrayvision==1.5.7)")
+    try:
+        reports = openi_devset.read_reports(path)
+        gold_labels = openi_devset.load_devset(_DEVSET.value, schema)
+    except ValueError as e:
+        sys.exit(f"labeler_devset: {e}")
+    missing = sorted(set(gold_labels) - set(reports))
+    if missing:
+        sys.exit(f"labeler_devset: {_DEVSET.value}: {len(missing)} ids not in {path}, e.g. {missing[:3]}")
+    ids = sorted(gold_labels, key=lambda r: int(r[3:]))
+    start = time.perf_counter()
+    predicted = labeler.label_array([reports[i].report for i in ids], schema)
+    gold = openi_devset.gold_array(gold_labels, ids, schema)
+    scores = openi_devset.devset_scores(gold, predicted, schema)
+
+    print(f"Dev set: {scores['reports']} Open-I reports labeled by hand (docs/labeling.md), {path}")
+    print(f"{'observation':28s}{'precision':>10s}{'recall':>8s}{'f1':>7s}{'pos':>6s}{'neg':>6s}{'unc':>6s}")
+    for obs, s in scores["per_observation"].items():
+        print(f"{obs:28s}{s['precision']:10.3f}{s['recall']:8.3f}{s['f1']:7.3f}"
+              f"{s['positive']:6d}{s['negative']:6d}{s['uncertain']:6d}")
+    print(f"positive-mention micro-F1 (13 findings): {scores['micro_f1']:.3f} "
+          f"(precision {scores['micro_precision']:.3f}, recall {scores['micro_recall']:.3f})")
+    print(f"negation accuracy:  {scores['negation_accuracy']:.3f} of {scores['negation_count']} gold negatives")
+    print(f"uncertain accuracy: {scores['uncertain_accuracy']:.3f} of {scores['uncertain_count']} gold uncertain")
+    print(f"No Finding accuracy: {scores['no_finding_accuracy']:.3f}")
+
+    if _ERRORS.value:
+        for i, rid in enumerate(ids):
+            wrong = [(o, gold[i, k], predicted[i, k]) for k, o in enumerate(schema.observations)
+                     if gold[i, k] != predicted[i, k]]
+            if wrong:
+                print(f"\n## {rid}: " + ", ".join(f"{o} {_value(g)}->{_value(p)}" for o, g, p in wrong))
+                print(f"   F: {reports[rid].findings}\n   I: {reports[rid].impression}")
+
+    indexed = [r for r in sorted(reports.values(), key=lambda r: int(r.id[3:]))
+               if not any(t.startswith("No Indexing") for t in r.mesh)]
+    every = labeler.label_array([r.report for r in indexed], schema)
+    agreement = openi_devset.mesh_agreement(indexed, every, schema)
+    print(f"\nMeSH agreement on {len(indexed)} indexed reports of {len(reports)} "
+          f"(labeler present = 1 or -1; No Finding: 1 vs the 'normal' tag):")
+    print(f"{'observation':28s}{'mesh':>6s}{'labeler':>9s}{'both':>6s}{'precision':>10s}{'recall':>8s}{'f1':>7s}")
+    for obs, s in agreement.items():
+        print(f"{obs:28s}{s['mesh']:6d}{s['labeler']:9d}{s['both']:6d}{s['precision']:10.3f}"
+              f"{s['recall']:8.3f}{s['f1']:7.3f}")
+    print(f"({time.perf_counter() - start:.1f}s to label {len(ids) + len(indexed)} reports)")
+
+
+if __name__ == "__main__":
+    app.run(main)
