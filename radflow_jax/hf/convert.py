@@ -1,12 +1,14 @@
 """Parameter name and layout mapping between our policy and Hugging Face Llava files, both ways.
 
 Pure functions on flat dicts of numpy arrays: ours are keyed by the dotted ``nnx`` path
-(``vision_tower.layers.0.self_attn.q_proj.kernel``), HF ones by the *saved-file* keys of
+(``vision_tower.layers.self_attn.q_proj.kernel``, stacked: a leading layer axis), HF ones by the
+*saved-file* keys of
 ``LlavaForConditionalGeneration`` as transformers 5.x writes them (``language_model.model.*``,
 ``language_model.lm_head.*``, ``vision_tower.*`` without 4.x's ``vision_model.``,
-``multi_modal_projector.*``; table in ``models/policy.py``). One table (``key_table``) drives both
+``multi_modal_projector.*``; table in ``models/policy.py``), one tensor per layer
+(``layers.3.``) where ours hold slice 3 of a stacked array. One table (``key_table``) drives both
 directions, so export and import cannot drift apart, and a JAX -> HF -> JAX round trip only
-reshapes and transposes: it is bit-identical.
+slices, stacks, reshapes and transposes: it is bit-identical.
 
 Grayscale: our tower sees one channel with pixels ``x = 2p - 1`` (``p`` in [0, 1]). An HF tower
 with ``C`` channels sees ``(p - mean_c) / std_c`` on each channel; for a grayscale image (equal
@@ -65,17 +67,19 @@ class HFLayout:
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One tensor: our key, the HF key and how it is transformed.
+    """One HF tensor: our key, the HF key and how it is transformed.
 
     ``kind``: "copy"; "dense" (our kernel ``[*in, *out]`` with ``in_rank`` input axes <-> HF
     ``[out, in]``); "flat" (our ``[H, hd]`` bias <-> HF ``[H*hd]``); "patch" (patch kernel);
-    "positions" (position table, CLIP's class-token row dropped on import).
+    "positions" (position table, CLIP's class-token row dropped on import). ``layer``: the HF
+    tensor is this slice of our stacked array (None: the whole array).
     """
 
     ours: str
     hf: str
     kind: str
     in_rank: int = 1
+    layer: int | None = None
 
 
 def export_layout(cfg: PolicyConfig) -> HFLayout:
@@ -83,49 +87,51 @@ def export_layout(cfg: PolicyConfig) -> HFLayout:
     return HFLayout(o_proj_bias=cfg.text.attention_bias)
 
 
+def _layer_entries(ours: str, hf: str, layers: int, names: list[tuple[str, str, int]]) -> list[Entry]:
+    """HF ``{hf}{i}.{name}`` <-> slice i of our stacked ``{ours}{name}``, for (name, kind, in_rank);
+    a "dense" ``x.kernel`` of ours is HF's ``x.weight``."""
+    def hf_name(name: str, kind: str) -> str:
+        return name.removesuffix(".kernel") + ".weight" if kind == "dense" else name
+
+    return [Entry(f"{ours}{name}", f"{hf}{i}.{hf_name(name, kind)}", kind, in_rank, i)
+            for i in range(layers) for name, kind, in_rank in names]
+
+
 def key_table(cfg: PolicyConfig, layout: HFLayout) -> list[Entry]:
-    """Every parameter of a policy with ``cfg``, paired with its HF key (table in ``policy.py``)."""
-    v = hv = "vision_tower."
+    """Every HF tensor of a policy with ``cfg``, paired with its parameter (table in ``policy.py``)."""
+    v = "vision_tower."
+    norms = ("layer_norm1", "layer_norm2")
+    vision_layer = [(f"{norm}.{p}", "copy", 1) for norm in norms for p in ("weight", "bias")]
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        vision_layer += [(f"self_attn.{proj}.kernel", "dense", 1), (f"self_attn.{proj}.bias", "flat", 1)]
+    vision_layer += [("self_attn.out_proj.kernel", "dense", 2), ("self_attn.out_proj.bias", "copy", 1)]
+    for fc in ("fc1", "fc2"):
+        vision_layer += [(f"mlp.{fc}.kernel", "dense", 1), (f"mlp.{fc}.bias", "copy", 1)]
     table = [
-        Entry(f"{v}patch_embedding.kernel", f"{hv}embeddings.patch_embedding.weight", "patch"),
-        Entry(f"{v}patch_embedding.bias", f"{hv}embeddings.patch_embedding.bias", "copy"),
-        Entry(f"{v}position_embedding", f"{hv}embeddings.position_embedding.weight", "positions"),
+        Entry(f"{v}patch_embedding.kernel", f"{v}embeddings.patch_embedding.weight", "patch"),
+        Entry(f"{v}patch_embedding.bias", f"{v}embeddings.patch_embedding.bias", "copy"),
+        Entry(f"{v}position_embedding", f"{v}embeddings.position_embedding.weight", "positions"),
+        *_layer_entries(f"{v}layers.", f"{v}encoder.layers.", cfg.vision.layers, vision_layer),
+        *(Entry(f"{v}post_layernorm.{p}", f"{v}post_layernorm.{p}", "copy") for p in ("weight", "bias")),
     ]
-    for i in range(cfg.vision.layers):
-        ours, hf = f"{v}layers.{i}.", f"{hv}encoder.layers.{i}."
-        for norm in ("layer_norm1", "layer_norm2"):
-            table += [Entry(f"{ours}{norm}.{p}", f"{hf}{norm}.{p}", "copy") for p in ("weight", "bias")]
-        for proj in ("q_proj", "k_proj", "v_proj"):
-            a = f"self_attn.{proj}"
-            table += [Entry(f"{ours}{a}.kernel", f"{hf}{a}.weight", "dense"),
-                      Entry(f"{ours}{a}.bias", f"{hf}{a}.bias", "flat")]
-        table += [
-            Entry(f"{ours}self_attn.out_proj.kernel", f"{hf}self_attn.out_proj.weight", "dense", 2),
-            Entry(f"{ours}self_attn.out_proj.bias", f"{hf}self_attn.out_proj.bias", "copy"),
-        ]
-        for fc in ("fc1", "fc2"):
-            table += [Entry(f"{ours}mlp.{fc}.kernel", f"{hf}mlp.{fc}.weight", "dense"),
-                      Entry(f"{ours}mlp.{fc}.bias", f"{hf}mlp.{fc}.bias", "copy")]
-    table += [Entry(f"{v}post_layernorm.{p}", f"{hv}post_layernorm.{p}", "copy") for p in ("weight", "bias")]
     for lin in ("linear_1", "linear_2"):
         p = f"multi_modal_projector.{lin}"
         table.append(Entry(f"{p}.kernel", f"{p}.weight", "dense"))
         table.append(Entry(f"{p}.bias", f"{p}.bias", "copy"))
     t = "language_model.model."
-    table.append(Entry(f"{t}embed_tokens.weight", f"{t}embed_tokens.weight", "copy"))
-    for i in range(cfg.text.layers):
-        p = f"{t}layers.{i}."
-        for norm in ("input_layernorm", "post_attention_layernorm"):
-            table.append(Entry(f"{p}{norm}.weight", f"{p}{norm}.weight", "copy"))
-        for proj in ("q_proj", "k_proj", "v_proj"):
-            table.append(Entry(f"{p}self_attn.{proj}.kernel", f"{p}self_attn.{proj}.weight", "dense"))
-            if cfg.text.attention_bias:
-                table.append(Entry(f"{p}self_attn.{proj}.bias", f"{p}self_attn.{proj}.bias", "flat"))
-        table.append(Entry(f"{p}self_attn.o_proj.kernel", f"{p}self_attn.o_proj.weight", "dense", 2))
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            table.append(Entry(f"{p}mlp.{proj}.kernel", f"{p}mlp.{proj}.weight", "dense"))
-    table.append(Entry(f"{t}norm.weight", f"{t}norm.weight", "copy"))
-    table.append(Entry("language_model.lm_head.kernel", "language_model.lm_head.weight", "dense"))
+    text_layer = [(f"{norm}.weight", "copy", 1) for norm in ("input_layernorm", "post_attention_layernorm")]
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        text_layer.append((f"self_attn.{proj}.kernel", "dense", 1))
+        if cfg.text.attention_bias:
+            text_layer.append((f"self_attn.{proj}.bias", "flat", 1))
+    text_layer.append(("self_attn.o_proj.kernel", "dense", 2))
+    text_layer += [(f"mlp.{proj}.kernel", "dense", 1) for proj in ("gate_proj", "up_proj", "down_proj")]
+    table += [
+        Entry(f"{t}embed_tokens.weight", f"{t}embed_tokens.weight", "copy"),
+        *_layer_entries(f"{t}layers.", f"{t}layers.", cfg.text.layers, text_layer),
+        Entry(f"{t}norm.weight", f"{t}norm.weight", "copy"),
+        Entry("language_model.lm_head.kernel", "language_model.lm_head.weight", "dense"),
+    ]
     return table
 
 
@@ -197,6 +203,8 @@ def to_hf(params: Mapping[str, np.ndarray], cfg: PolicyConfig) -> dict[str, np.n
     out = {}
     for e in key_table(cfg, layout):
         x = np.asarray(params[e.ours])
+        if e.layer is not None:
+            x = x[e.layer]
         if e.kind == "dense":
             x = x.reshape(math.prod(x.shape[: e.in_rank]), -1).T
         elif e.kind == "flat":
@@ -217,9 +225,10 @@ def from_hf(
 
     Expects every key of ``key_table`` except ``optional_keys``; ``reshape`` fails on a shape
     that does not fit. Missing and unused HF tensors are reported by ``load.py`` before this runs.
+    Per-layer tensors are stacked in layer order.
     """
     shapes = param_shapes(cfg)
-    out = {}
+    out, layers = {}, {}
     for e in key_table(cfg, layout):
         if e.ours in out:
             continue  # the patch bias, set with the patch kernel
@@ -239,8 +248,11 @@ def from_hf(
             x = x.T
         elif e.kind == "positions" and x.shape[0] == cfg.vision.num_patches + 1:
             x = x[1:]  # CLIP: the class token's row
-        out[e.ours] = np.ascontiguousarray(x).reshape(shapes[e.ours])
-    return out
+        if e.layer is None:
+            out[e.ours] = np.ascontiguousarray(x).reshape(shapes[e.ours])
+        else:
+            layers.setdefault(e.ours, []).append(np.ascontiguousarray(x).reshape(shapes[e.ours][1:]))
+    return {**out, **{k: np.stack(v) for k, v in layers.items()}}
 
 
 def param_shapes(cfg: PolicyConfig) -> dict[str, tuple[int, ...]]:

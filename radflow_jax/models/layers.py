@@ -7,11 +7,16 @@ parameters are made by jitting ``init`` with ``out_shardings`` from ``nnx.get_pa
 
 Every module takes a compute ``dtype``: inputs and weights are cast to it for the matmuls, while
 norms, softmax and log-probabilities run in float32.
+
+Repeated blocks are built once per layer and stacked (``stack_layers``): each variable gains a
+leading ``layers`` axis, and ``scan_layers`` runs them as one scan, so compile time does not grow
+with depth. ``REMAT`` names what a scanned block keeps for the backward pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +26,18 @@ from flax import nnx
 MASK_VALUE = -1e30
 
 INIT_STD = 0.02  # Hugging Face `initializer_range`
+
+LAYERS = "layers"  # logical name of the stacked-layer axis of every scanned block's variables
+
+# What a scanned block keeps for its backward pass (``PolicyConfig.remat``): "none" everything;
+# "full" nothing (the block is recomputed from its input); "dots_saveable" the outputs of matmuls
+# without batch dimensions, i.e. the projections, while attention scores and probabilities
+# (batched over rows and heads, growing with length squared) and elementwise ops are recomputed.
+REMAT = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def param(
@@ -143,3 +160,45 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
     This is what makes a left-padded prompt produce the same logits as the unpadded one.
     """
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def stack_layers(make: Callable[[], nnx.Module], n: int) -> nnx.Module:
+    """``n`` blocks from ``make()`` merged into one whose variables have a leading ``layers`` axis.
+
+    The blocks are built one after another, so their initialisers draw from the RNG streams in
+    the same order as ``n`` separate blocks do: a stacked model starts from exactly the
+    parameters of the unrolled one with the same seed.
+    """
+    if n < 1:
+        raise ValueError(f"a stack needs at least one layer, got {n}")
+    blocks = [make() for _ in range(n)]
+    graphdef = nnx.graphdef(blocks[0])
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(nnx.state(b) for b in blocks))
+
+    def name_axis(var: nnx.Variable) -> nnx.Variable:
+        names = var.get_metadata().get("out_sharding")
+        return var.replace(out_sharding=(LAYERS, *names)) if names is not None else var
+
+    stacked = jax.tree.map(name_axis, stacked, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return nnx.merge(graphdef, stacked)
+
+
+def scan_layers(
+    body: Callable[..., tuple[Any, Any]], layers: nnx.Module, carry: Any, *shared: Any, remat: str = "none"
+) -> tuple[Any, Any]:
+    """``carry, y = body(layer, carry, *shared)`` for each layer of a stacked block, in order.
+
+    One ``jax.lax.scan`` over the block's split state (each step merges its layer's slice), so the
+    program holds one layer whatever the depth. A pure scan rather than ``nnx.scan``: the module
+    may come from an enclosing trace (a model closed over by the sampler's ``while_loop``).
+    ``shared`` values are the same for every layer. Returns the last carry and the ``y``s stacked
+    along a leading layer axis. ``remat`` (a ``REMAT`` key) checkpoints each layer's step.
+    """
+    graphdef, state = nnx.split(layers)
+
+    def step(carry, layer_state):
+        return body(nnx.merge(graphdef, layer_state), carry, *shared)
+
+    if REMAT[remat] is not None:
+        step = jax.checkpoint(step, policy=REMAT[remat], prevent_cse=False)
+    return jax.lax.scan(step, carry, state)

@@ -9,7 +9,7 @@ Parameters are float32 (``nnx.Param``) with logical axis names; ``PolicyConfig.d
 compute dtype. Pure use::
 
     graphdef, state = nnx.split(Policy(cfg, rngs=nnx.Rngs(0)))
-    logp, _ = jax.jit(teacher_forced_logprobs, static_argnums=0)(graphdef, state, batch)
+    scores = jax.jit(lambda s, b: token_scores(nnx.merge(graphdef, s), b, chunk_size=64))(state, batch)
 
 Hugging Face mapping onto ``LlavaForConditionalGeneration`` saved-file keys (SigLIP tower with
 ``vision_use_head=False``, ``vision_feature_select_strategy="full"``, ``vision_feature_layer=-1``;
@@ -17,7 +17,9 @@ Hugging Face mapping onto ``LlavaForConditionalGeneration`` saved-file keys (Sig
 is ``[out, in]``: every kernel is reshaped to 2-D and transposed; the rest is a renaming. Below,
 ``v.`` is ours ``vision_tower.`` / HF ``vision_tower.`` (transformers 5 saves SigLIP keys without
 ``vision_model.``; import also accepts the 4.x spelling), ``t.`` is
-``language_model.model.`` on both sides, ``i`` a layer index.
+``language_model.model.`` on both sides, ``i`` a layer index. Our blocks are stacked: every
+``layers.`` parameter has a leading layer axis, and HF's ``layers.i.X`` is slice ``i`` of our
+``layers.X`` (the transforms in the last column apply to the slice).
 
 ==========================================  ===========================================  ====================
 ours (``nnx.state`` path)                   HF key                                       ours -> HF
@@ -26,22 +28,22 @@ v.patch_embedding.kernel [p*p*C, D]         v.embeddings.patch_embedding.weight 
                                                                                          .transpose(3,2,0,1)
 v.patch_embedding.bias                      v.embeddings.patch_embedding.bias            -
 v.position_embedding [N, D]                 v.embeddings.position_embedding.weight       -
-v.layers.i.layer_norm{1,2}.{weight,bias}    v.encoder.layers.i.layer_norm{1,2}.*         -
-v.layers.i.self_attn.{q,k,v}_proj.kernel    v.encoder.layers.i.self_attn.{q,k,v}_proj.w  [D,H,hd]: (D,-1).T
-v.layers.i.self_attn.{q,k,v}_proj.bias      v.encoder.layers.i.self_attn.{q,k,v}_proj.b  [H,hd]: (-1,)
-v.layers.i.self_attn.out_proj.kernel        v.encoder.layers.i.self_attn.out_proj.w      [H,hd,D]: (-1,D).T
-v.layers.i.self_attn.out_proj.bias          v.encoder.layers.i.self_attn.out_proj.b      -
-v.layers.i.mlp.fc{1,2}.{kernel,bias}        v.encoder.layers.i.mlp.fc{1,2}.{w,b}         kernel .T
+v.layers.layer_norm{1,2}.{weight,bias}      v.encoder.layers.i.layer_norm{1,2}.*         -
+v.layers.self_attn.{q,k,v}_proj.kernel      v.encoder.layers.i.self_attn.{q,k,v}_proj.w  [D,H,hd]: (D,-1).T
+v.layers.self_attn.{q,k,v}_proj.bias        v.encoder.layers.i.self_attn.{q,k,v}_proj.b  [H,hd]: (-1,)
+v.layers.self_attn.out_proj.kernel          v.encoder.layers.i.self_attn.out_proj.w      [H,hd,D]: (-1,D).T
+v.layers.self_attn.out_proj.bias            v.encoder.layers.i.self_attn.out_proj.b      -
+v.layers.mlp.fc{1,2}.{kernel,bias}          v.encoder.layers.i.mlp.fc{1,2}.{w,b}         kernel .T
 v.post_layernorm.{weight,bias}              v.post_layernorm.{weight,bias}               -
 multi_modal_projector.linear_{1,2}.kernel   multi_modal_projector.linear_{1,2}.weight    .T
 multi_modal_projector.linear_{1,2}.bias     multi_modal_projector.linear_{1,2}.bias      -
 t.embed_tokens.weight [V, D]                t.embed_tokens.weight                        -
-t.layers.i.{input,post_attention}_layernorm t.layers.i.{input,post_attention}_layernorm  - (``.weight``)
-t.layers.i.self_attn.q_proj.kernel          t.layers.i.self_attn.q_proj.weight           [D,H,hd]: (D,-1).T
-t.layers.i.self_attn.{k,v}_proj.kernel      t.layers.i.self_attn.{k,v}_proj.weight       [D,KV,hd]: (D,-1).T
-t.layers.i.self_attn.{q,k,v}_proj.bias      (``attention_bias`` only) ...proj.bias       [H|KV,hd]: (-1,)
-t.layers.i.self_attn.o_proj.kernel          t.layers.i.self_attn.o_proj.weight           [H,hd,D]: (-1,D).T
-t.layers.i.mlp.{gate,up,down}_proj.kernel   t.layers.i.mlp.{gate,up,down}_proj.weight    .T
+t.layers.{input,post_attention}_layernorm   t.layers.i.{input,post_attention}_layernorm  - (``.weight``)
+t.layers.self_attn.q_proj.kernel            t.layers.i.self_attn.q_proj.weight           [D,H,hd]: (D,-1).T
+t.layers.self_attn.{k,v}_proj.kernel        t.layers.i.self_attn.{k,v}_proj.weight       [D,KV,hd]: (D,-1).T
+t.layers.self_attn.{q,k,v}_proj.bias        (``attention_bias`` only) ...proj.bias       [H|KV,hd]: (-1,)
+t.layers.self_attn.o_proj.kernel            t.layers.i.self_attn.o_proj.weight           [H,hd,D]: (-1,D).T
+t.layers.mlp.{gate,up,down}_proj.kernel     t.layers.i.mlp.{gate,up,down}_proj.weight    .T
 t.norm.weight                               t.norm.weight                                -
 language_model.lm_head.kernel [D, V]        language_model.lm_head.weight                .T
 ==========================================  ===========================================  ====================
@@ -65,14 +67,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
-from radflow_jax.models.decoder import Decoder, KVCache, TextConfig, cache_from_prefill
-from radflow_jax.models.layers import Dense, positions_from_mask
+from radflow_jax.models.decoder import Decoder, KVCache, TextConfig, cache_from_prefill, lm_logits
+from radflow_jax.models.layers import REMAT, Dense, positions_from_mask
 from radflow_jax.models.vit import VisionConfig, VisionTransformer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-REMAT_POLICIES = ("none", "full", "dots_saveable")  # what a block keeps for the backward pass
+REMAT_POLICIES = tuple(REMAT)  # what a block keeps for the backward pass (``layers.REMAT``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +82,7 @@ class PolicyConfig:
     vision: VisionConfig
     text: TextConfig
     dtype: str = "float32"  # compute dtype; parameters are always float32
-    remat: str = "none"  # REMAT_POLICIES: recompute blocks in the backward pass
+    remat: str = "none"  # REMAT_POLICIES: what each scanned block keeps for the backward pass
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -213,13 +215,19 @@ class Policy(nnx.Module):
             )
         return x, mask, img.shape[1]
 
+    def text_hidden(
+        self, image: jax.Array, view_mask: jax.Array, tokens: jax.Array, token_mask: jax.Array
+    ) -> jax.Array:
+        """Decoder states [B, L, D] (before the final norm) at every text position of ``[images][tokens]``."""
+        x, mask, n_img = self._embed(image, view_mask, tokens, token_mask)
+        hidden, _ = self.language_model(x, positions_from_mask(mask), _causal_mask(mask))
+        return hidden[:, n_img:]
+
     def __call__(
         self, image: jax.Array, view_mask: jax.Array, tokens: jax.Array, token_mask: jax.Array
     ) -> jax.Array:
         """Logits (float32) [B, L, vocab] at every text position of ``[images][tokens]``."""
-        x, mask, n_img = self._embed(image, view_mask, tokens, token_mask)
-        hidden, _ = self.language_model(x, positions_from_mask(mask), _causal_mask(mask))
-        return self.language_model.logits(hidden[:, n_img:])
+        return self.language_model.logits(self.text_hidden(image, view_mask, tokens, token_mask))
 
     def prefill(
         self,
@@ -235,13 +243,21 @@ class Policy(nnx.Module):
         """
         x, mask, _ = self._embed(image, view_mask, prompt_tokens, prompt_mask)
         hidden, kvs = self.language_model(x, positions_from_mask(mask), _causal_mask(mask))
-        logits = self.language_model.logits(hidden[:, -1])
+        logits = self.language_model.logits(hidden[:, -1:])[:, 0]
         return logits, cache_from_prefill(kvs, mask, capacity, self.cfg.compute_dtype)
 
     def decode_step(self, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
         """Feeds one token per row [B] -> (next-token logits [B, vocab], updated cache)."""
         hidden, cache = self.language_model.decode(self.language_model.embed(tokens[:, None]), cache)
-        return self.language_model.logits(hidden[:, 0]), cache
+        return self.language_model.logits(hidden)[:, 0], cache
+
+
+def _target_hidden(model: Policy, batch: dict[str, jax.Array]) -> jax.Array:
+    """Teacher-forced decoder states [B, T, D] (before the final norm); [:, t] predicts target t."""
+    prompt, target = batch["prompt_tokens"], batch["target_tokens"]
+    tokens = jnp.concatenate([prompt, target[:, :-1]], axis=1)
+    mask = jnp.concatenate([batch["prompt_mask"], batch["target_mask"][:, :-1]], axis=1)
+    return model.text_hidden(batch["image"], batch["view_mask"], tokens, mask)[:, prompt.shape[1] - 1 :]
 
 
 def teacher_forced(model: Policy, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -249,12 +265,10 @@ def teacher_forced(model: Policy, batch: dict[str, jax.Array]) -> tuple[jax.Arra
 
     Returns (logp [B, T] with 0 where ``target_mask`` is False, logits float32 [B, T, vocab]);
     logits[:, t] is the distribution that predicts target t. Inside ``jit`` unused logits cost
-    nothing extra.
+    nothing extra. ``token_scores`` gives the same log-probs without holding the logits.
     """
-    prompt, target = batch["prompt_tokens"], batch["target_tokens"]
-    tokens = jnp.concatenate([prompt, target[:, :-1]], axis=1)
-    mask = jnp.concatenate([batch["prompt_mask"], batch["target_mask"][:, :-1]], axis=1)
-    logits = model(batch["image"], batch["view_mask"], tokens, mask)[:, prompt.shape[1] - 1 :]
+    logits = model.language_model.logits(_target_hidden(model, batch))
+    target = batch["target_tokens"]
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), target[..., None], axis=-1)[..., 0]
     return jnp.where(batch["target_mask"], logp, 0.0), logits
 
@@ -264,6 +278,61 @@ def teacher_forced_logprobs(
 ) -> tuple[jax.Array, jax.Array]:
     """Pure-function form of ``teacher_forced`` for jitted SFT/GRPO steps (graphdef static)."""
     return teacher_forced(nnx.merge(graphdef, state), batch)
+
+
+@struct.dataclass
+class TokenScores:
+    """What the losses need per target token: all [B, T], zero (False) where ``target_mask`` is False."""
+
+    logp: jax.Array  # float32: log pi(target_t) under softmax(logits / temperature)
+    entropy: jax.Array  # float32: entropy of softmax(logits / temperature)
+    correct: jax.Array  # bool: argmax of the logits == target_t
+
+
+def _scores(logits: jax.Array, target: jax.Array, mask: jax.Array) -> TokenScores:
+    """``TokenScores`` of float32 logits [..., vocab] (already divided by the temperature)."""
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    logp = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0] - logz
+    entropy = logz - (jax.nn.softmax(logits, axis=-1) * logits).sum(-1)
+    correct = (jnp.argmax(logits, axis=-1) == target) & mask
+    return TokenScores(
+        logp=jnp.where(mask, logp, 0.0), entropy=jnp.where(mask, entropy, 0.0), correct=correct
+    )
+
+
+def token_scores(
+    model: Policy, batch: dict[str, jax.Array], *, temperature: float = 1.0, chunk_size: int = 0
+) -> TokenScores:
+    """Teacher-forced ``TokenScores`` of ``target_tokens``, computed ``chunk_size`` positions at a time.
+
+    The decoder runs once; the final norm, ``lm_head`` and softmax then run per chunk of target
+    positions inside a rematerialised scan, so neither the forward nor the backward pass ever
+    holds more than one chunk's float32 logits [B, chunk, vocab] (the largest activation of a
+    report-length batch at a real vocabulary). ``chunk_size=0`` is one chunk. The last chunk is
+    padded (masked) when ``chunk_size`` does not divide T.
+    """
+    hidden = _target_hidden(model, batch)
+    target, mask = batch["target_tokens"], batch["target_mask"].astype(bool)
+    decoder = model.language_model
+    head_def, head = nnx.split((decoder.model.norm, decoder.lm_head))
+
+    def score(head: nnx.State, h: jax.Array, t: jax.Array, m: jax.Array) -> TokenScores:
+        return _scores(lm_logits(*nnx.merge(head_def, head), h) / temperature, t, m)
+
+    b, length = target.shape
+    if chunk_size <= 0 or chunk_size >= length:
+        return score(head, hidden, target, mask)
+    n = -(-length // chunk_size)
+
+    def chunks(x: jax.Array) -> jax.Array:  # [B, T, ...] -> [n, B, chunk, ...]
+        x = jnp.pad(x, [(0, 0), (0, n * chunk_size - length)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.moveaxis(x.reshape(b, n, chunk_size, *x.shape[2:]), 1, 0)
+
+    chunk_score = jax.checkpoint(score)  # the backward pass recomputes each chunk's logits
+    _, per_chunk = jax.lax.scan(
+        lambda _, xs: (None, chunk_score(head, *xs)), None, (chunks(hidden), chunks(target), chunks(mask))
+    )
+    return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1).reshape(b, n * chunk_size)[:, :length], per_chunk)
 
 
 def count_params(state: nnx.State) -> int:

@@ -2,7 +2,8 @@
 
 Mirrors Hugging Face ``SiglipVisionModel`` with ``vision_use_head=False``: no CLS token, no pooling
 head, the output is ``post_layernorm`` of every patch token. Attribute names follow the HF
-parameter names (see the mapping table in ``policy.py``).
+parameter names (see the mapping table in ``policy.py``); the encoder blocks are one stacked
+``VisionBlock`` (``layers``, leading axis = layer) run by ``scan_layers``.
 
 Grayscale: ``channels`` defaults to 1, and the Hugging Face export keeps a 1-channel tower
 (``num_channels=1``), so round trips are bit-identical; RGB checkpoints are folded to 1 channel on
@@ -17,7 +18,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from radflow_jax.models.layers import Dense, LayerNorm, attend, param
+from radflow_jax.models.layers import Dense, LayerNorm, attend, param, scan_layers, stack_layers
+from radflow_jax.models.sharding import constrain
+
+# Logical names of the activations (``sharding.constrain``).
+RESIDUAL = ("batch", "patches", "vit_embed")
+HEADS = ("batch", "patches", "heads", "head_dim")
+HIDDEN = ("batch", "patches", "vit_mlp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +45,8 @@ class VisionConfig:
             )
         if self.hidden % self.heads:
             raise ValueError(f"vision hidden {self.hidden} is not a multiple of heads {self.heads}")
+        if self.layers < 1:
+            raise ValueError(f"vision layers must be >= 1, got {self.layers}")
 
     @property
     def num_patches(self) -> int:
@@ -67,7 +76,7 @@ class VisionAttention(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = (constrain(proj(x), HEADS) for proj in (self.q_proj, self.k_proj, self.v_proj))
         full = jnp.ones((x.shape[0], x.shape[1], x.shape[1]), bool)
         return self.out_proj(attend(q, k, v, full))
 
@@ -84,7 +93,7 @@ class VisionMLP(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))
+        return self.fc2(constrain(jax.nn.gelu(self.fc1(x), approximate=True), HIDDEN))
 
 
 class VisionBlock(nnx.Module):
@@ -98,7 +107,7 @@ class VisionBlock(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
+        return constrain(x + self.mlp(self.layer_norm2(x)), RESIDUAL)
 
 
 class VisionTransformer(nnx.Module):
@@ -118,7 +127,7 @@ class VisionTransformer(nnx.Module):
             rngs=rngs,
         )
         self.position_embedding = param(rngs, (cfg.num_patches, cfg.hidden), ("positions", "vit_embed"))
-        self.layers = nnx.List([VisionBlock(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.layers)])
+        self.layers = stack_layers(lambda: VisionBlock(cfg, dtype=dtype, rngs=rngs), cfg.layers)
         self.post_layernorm = LayerNorm(cfg.hidden, "vit_embed", eps=cfg.layer_norm_eps)
 
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -128,7 +137,6 @@ class VisionTransformer(nnx.Module):
                 f"images must be [B, {c.image_size}, {c.image_size}, {c.channels}], got {images.shape}"
             )
         x = self.patch_embedding(patchify(images, c.patch_size))
-        x = x + self.position_embedding[...].astype(self.dtype)
-        for block in self.layers:
-            x = nnx.remat(lambda blk, y: blk(y))(block, x) if self.remat != "none" else block(x)
+        x = constrain(x + self.position_embedding[...].astype(self.dtype), RESIDUAL)
+        x, _ = scan_layers(lambda block, y: (block(y), None), self.layers, x, remat=self.remat)
         return self.post_layernorm(x)

@@ -8,18 +8,27 @@ Returned ``logprobs`` are those of the sampled tokens under the *unmodified* pol
 1, no top-k/top-p): GRPO uses them as the old-policy log-probs, and they equal what
 ``teacher_forced_logprobs`` gives for the same tokens.
 
-The KV cache is an explicit pytree (``KVCache``) carried through the loop, so XLA updates it in
-place; nothing outside the jitted function holds it.
+The KV cache is an explicit pytree (``KVCache``, all layers in one array per keys/values) carried
+through the loop, so XLA updates it in place; nothing outside the jitted function holds it.
+
+Given a ``mesh`` (and the logical-axis ``rules``), the sampler is jitted with explicit shardings:
+parameters by their logical names, the prefix rows and every output over ``batch``, and it is
+traced under ``sharding_rules`` so activations and the cache are laid out by name too.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from radflow_jax.models.decoder import KVCache
 from radflow_jax.models.layers import MASK_VALUE
+from radflow_jax.models.sharding import canonical_rules, named_sharding, sharding_rules
+from radflow_jax.parallel.mesh import Rules, state_shardings
 
 PREFIX_KEYS = ("image", "view_mask", "prompt_tokens", "prompt_mask")
 
@@ -147,6 +156,41 @@ def _sample(
 
 
 _sample_jit = jax.jit(_sample, static_argnums=(0, 1))
+_sharded_samplers: dict = {}  # (graphdef, settings, mesh, rules, prefix shapes) -> jitted sampler
+
+
+def _rows(shape: tuple[int, ...], *, mesh: Mesh, rules: Rules) -> NamedSharding:
+    """The leading (row) dim over the ``batch`` rule's mesh axes, where they divide it."""
+    return named_sharding(("batch",) + (None,) * (len(shape) - 1), shape, mesh, rules)
+
+
+def _sharded_sampler(
+    graphdef: nnx.GraphDef,
+    settings: SamplerSettings,
+    mesh: Mesh,
+    rules: Rules,
+    state: nnx.State,
+    prefix: dict[str, jax.Array],
+):
+    """``_sample`` jitted with explicit in/out shardings for this mesh and these shapes (cached).
+
+    A graphdef fixes the state's structure, shapes and logical names, so its shardings are
+    computed once from the first state seen.
+    """
+    shapes = tuple((k, tuple(v.shape)) for k, v in sorted(prefix.items()))
+    key = (graphdef, settings, mesh, rules, shapes)
+    if key not in _sharded_samplers:
+        rows = functools.partial(_rows, mesh=mesh, rules=rules)
+        n, t = prefix["prompt_tokens"].shape[0] * settings.group_size, settings.max_new_tokens
+        out = SampleOutput(tokens=rows((n, t)), logprobs=rows((n, t)), mask=rows((n, t)),
+                           lengths=rows((n,)), truncated=rows((n,)))
+        _sharded_samplers[key] = jax.jit(
+            functools.partial(_sample, graphdef, settings),
+            in_shardings=(state_shardings(state, mesh, rules), {k: rows(v.shape) for k, v in prefix.items()},
+                          NamedSharding(mesh, PartitionSpec())),
+            out_shardings=out,
+        )
+    return _sharded_samplers[key]
 
 
 def sample(
@@ -163,11 +207,14 @@ def sample(
     greedy: bool = False,
     eos_id: int = 2,
     pad_id: int = 0,
+    mesh: Mesh | None = None,
+    rules: Rules = (),
 ) -> SampleOutput:
     """Samples ``group_size`` continuations per batch row -> ``SampleOutput`` with B*G rows.
 
     ``batch`` needs ``image``, ``view_mask``, ``prompt_tokens`` (left-padded) and ``prompt_mask``;
-    other keys are ignored. Settings are static: each new combination compiles once.
+    other keys are ignored. Settings are static: each new combination compiles once. With a
+    ``mesh``, parameters, rows and activations are sharded by ``rules`` (module docstring).
     """
     if max_new_tokens < 1 or group_size < 1:
         raise ValueError(f"max_new_tokens ({max_new_tokens}) and group_size ({group_size}) must be >= 1")
@@ -189,4 +236,8 @@ def sample(
         pad_id=pad_id,
     )
     prefix = {k: batch[k] for k in PREFIX_KEYS}
-    return _sample_jit(graphdef, settings, state, prefix, rng)
+    if mesh is None:
+        return _sample_jit(graphdef, settings, state, prefix, rng)
+    rules = canonical_rules(rules)
+    with sharding_rules(mesh, rules):
+        return _sharded_sampler(graphdef, settings, mesh, rules, state, prefix)(state, prefix, rng)

@@ -1,4 +1,5 @@
-"""Name/layout mapping without torch: bit-identical round trips, exact grayscale folding, aliases."""
+"""Name/layout mapping without torch: bit-identical round trips, per-layer HF tensors as slices of
+our stacked ones, exact grayscale folding, aliases."""
 
 import dataclasses
 
@@ -39,12 +40,26 @@ def test_round_trip_is_bit_identical_and_hf_shaped(attention_bias):
         assert back[key].dtype == params[key].dtype and np.array_equal(back[key], params[key]), key
 
 
+def test_hf_layer_i_is_slice_i_of_our_stacked_arrays():
+    cfg, params = _params(False)
+    hf = convert.to_hf(params, cfg)
+    for i in range(cfg.text.layers):
+        ours = params["language_model.model.layers.mlp.down_proj.kernel"][i]
+        np.testing.assert_array_equal(hf[f"language_model.model.layers.{i}.mlp.down_proj.weight"], ours.T)
+        norm = params["language_model.model.layers.input_layernorm.weight"][i]
+        np.testing.assert_array_equal(hf[f"language_model.model.layers.{i}.input_layernorm.weight"], norm)
+    for i in range(cfg.vision.layers):
+        fc1 = params["vision_tower.layers.mlp.fc1.bias"][i]
+        np.testing.assert_array_equal(hf[f"vision_tower.encoder.layers.{i}.mlp.fc1.bias"], fc1)
+    assert f"language_model.model.layers.{cfg.text.layers}.input_layernorm.weight" not in hf
+
+
 def test_q_projection_matches_torch_linear_semantics():
     cfg, params = _params(True)
     hf = convert.to_hf(params, cfg)
     x = np.random.default_rng(1).standard_normal((3, cfg.text.hidden)).astype(np.float32)
-    ours = np.tensordot(x, params["language_model.model.layers.1.self_attn.q_proj.kernel"], 1)
-    ours = ours + params["language_model.model.layers.1.self_attn.q_proj.bias"]
+    ours = np.tensordot(x, params["language_model.model.layers.self_attn.q_proj.kernel"][1], 1)
+    ours = ours + params["language_model.model.layers.self_attn.q_proj.bias"][1]
     q = "language_model.model.layers.1.self_attn.q_proj"
     w, b = hf[f"{q}.weight"], hf[f"{q}.bias"]
     np.testing.assert_allclose(ours.reshape(3, -1), x @ w.T + b, rtol=1e-5, atol=1e-5)
@@ -87,5 +102,5 @@ def test_flatten_and_unflatten_invert_each_other_on_a_policy_state():
     state = nnx.state(nnx.eval_shape(lambda: Policy(cfg, rngs=nnx.Rngs(0))), nnx.Param)
     pure = nnx.to_pure_dict(state)
     flat = convert.flatten(pure)
-    assert "vision_tower.layers.1.self_attn.q_proj.kernel" in flat
+    assert flat["vision_tower.layers.self_attn.q_proj.kernel"].shape[0] == cfg.vision.layers
     assert convert.unflatten(flat) == pure

@@ -1,23 +1,34 @@
-"""Policy model: shapes for every named size, padding invariance, cached == full, pure use."""
+"""Policy model: shapes for every named size, padding invariance, cached == full, pure use;
+stacked layers (init as unrolled, scan == loop), remat policies, chunked token scores."""
+
+import contextlib
+import io
 
 import jax
+import jax.ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from radflow_jax.models.decoder import Decoder, DecoderLayer, TextConfig
+from radflow_jax.models.layers import stack_layers
 from radflow_jax.models.policy import (
+    REMAT_POLICIES,
     SIZES,
     Policy,
     count_params,
     policy_config,
     teacher_forced,
     teacher_forced_logprobs,
+    token_scores,
 )
+from radflow_jax.models.vit import VisionConfig, VisionTransformer, patchify
 
 VOCAB, IMAGE, VIEWS = 64, 32, 2
 AXIS_NAMES = {
-    "vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "patch", "vit_embed", "vit_mlp", "positions"
+    "vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "patch", "vit_embed", "vit_mlp", "positions",
+    "layers",
 }
 
 
@@ -96,6 +107,7 @@ def test_params_are_fp32_with_logical_axis_names():
         assert var[...].dtype == jnp.float32, path
         assert len(names) == var[...].ndim and set(names) <= AXIS_NAMES, (path, names)
         assert len(set(names)) == len(names), (path, names)  # a mesh axis may appear once
+        assert (names[0] == "layers") == ("layers" in path), (path, names)  # stacked blocks only
 
 
 def test_hf_layout_names_and_shapes():
@@ -107,15 +119,19 @@ def test_hf_layout_names_and_shapes():
     t, v = cfg.text, cfg.vision
     assert flat["vision_tower.patch_embedding.kernel"] == (v.patch_size**2 * v.channels, v.hidden)
     assert flat["vision_tower.position_embedding"] == (v.num_patches, v.hidden)
-    assert flat["vision_tower.layers.1.self_attn.out_proj.kernel"] == (v.heads, v.hidden // v.heads, v.hidden)
+    assert flat["vision_tower.layers.self_attn.out_proj.kernel"] == (
+        v.layers, v.heads, v.hidden // v.heads, v.hidden
+    )
     assert flat["multi_modal_projector.linear_2.kernel"] == (t.hidden, t.hidden)
     assert flat["language_model.model.embed_tokens.weight"] == (VOCAB, t.hidden)
-    assert flat["language_model.model.layers.0.self_attn.k_proj.kernel"] == (t.hidden, t.kv_heads, t.head_dim)
-    assert flat["language_model.model.layers.1.mlp.down_proj.kernel"] == (t.mlp, t.hidden)
+    assert flat["language_model.model.layers.self_attn.k_proj.kernel"] == (
+        t.layers, t.hidden, t.kv_heads, t.head_dim
+    )
+    assert flat["language_model.model.layers.mlp.down_proj.kernel"] == (t.layers, t.mlp, t.hidden)
     assert flat["language_model.lm_head.kernel"] == (t.hidden, VOCAB)
-    assert "language_model.model.layers.0.self_attn.o_proj.bias" not in flat
+    assert "language_model.model.layers.self_attn.o_proj.bias" not in flat
     per_layer = 2 + 4 + 3  # two norms, q/k/v/o, gate/up/down
-    assert sum(k.startswith("language_model.model.layers.0.") for k in flat) == per_layer
+    assert sum(k.startswith("language_model.model.layers.") for k in flat) == per_layer
 
 
 def test_padded_equals_unpadded():
@@ -180,21 +196,11 @@ def test_prefill_decode_equals_full_forward():
     assert int(cache.index) == capacity and cache.positions.tolist() == [VIEWS * 4 + 3 + 5, VIEWS * 4 + 6 + 5]
 
 
-def test_bfloat16_compute_and_remat_gradients():
+def test_bfloat16_compute():
     batch = make_batch(5, prompt_lens=[4, 6])
-    ref = toy_model()
-    bf16 = toy_model(dtype="bfloat16")
-    logp16, logits16 = logprobs(bf16, batch)
+    logp16, logits16 = logprobs(toy_model(dtype="bfloat16"), batch)
     assert logits16.dtype == jnp.float32
-    np.testing.assert_allclose(logp16, logprobs(ref, batch)[0], atol=0.25)
-
-    def loss(model):
-        return -teacher_forced(model, batch)[0].sum()
-
-    g_plain = nnx.jit(nnx.grad(loss))(ref)
-    g_remat = nnx.jit(nnx.grad(loss))(toy_model(remat="full"))
-    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(logp16, logprobs(toy_model(), batch)[0], atol=0.25)
 
 
 def test_config_errors_are_clear():
@@ -204,3 +210,157 @@ def test_config_errors_are_clear():
         policy_config("toy", VOCAB, 40)
     with pytest.raises(ValueError, match="dtype must be one of"):
         policy_config("toy", VOCAB, IMAGE, dtype="float16")
+
+
+def test_init_equals_the_unrolled_layers_of_before():
+    """Stacked layers start from the values per-layer modules had with the same seed (numbers
+    printed by the unrolled implementation), so runs stay comparable across the change."""
+    flat = {
+        ".".join(map(str, p)): np.asarray(v[...], np.float64)
+        for p, v in nnx.to_flat_state(nnx.state(Policy(policy_config("toy", VOCAB, IMAGE, VIEWS),
+                                                       rngs=nnx.Rngs(0)), nnx.Param))
+    }
+    expected = {  # key, layer: first value, last value, sum
+        ("vision_tower.layers.mlp.fc2.kernel", 1):
+            (-0.011517999693751335, 0.017800820991396904, 0.977454439511348),
+        ("language_model.model.layers.self_attn.q_proj.kernel", 0):
+            (-0.00606549670919776, -0.0015152471605688334, 0.7444040352911543),
+        ("language_model.model.layers.mlp.down_proj.kernel", 1):
+            (-0.009863946586847305, -0.04191126674413681, -0.5005184339906918),
+        ("language_model.lm_head.kernel", None):
+            (-0.04745551571249962, -0.03169124945998192, -1.038426991701499),
+    }
+    for (key, layer), (first, last, total) in expected.items():
+        x = (flat[key] if layer is None else flat[key][layer]).reshape(-1)
+        assert (x[0], x[-1]) == (first, last), key
+        np.testing.assert_allclose(x.sum(), total, rtol=1e-9, err_msg=key)
+
+
+def _unstack(stacked: nnx.Module, n: int) -> list[nnx.Module]:
+    """Layer i of a stacked block as a module of its own (slices of the same arrays)."""
+    graphdef, state = nnx.split(stacked)
+    return [nnx.merge(graphdef, jax.tree.map(lambda x: x[i], state)) for i in range(n)]
+
+
+def test_stack_layers_draws_like_separate_layers():
+    cfg = TextConfig(vocab_size=VOCAB, hidden=16, layers=3, heads=4, kv_heads=2, head_dim=4, mlp=24)
+    rngs = nnx.Rngs(5)
+    stacked = stack_layers(lambda: DecoderLayer(cfg, dtype=jnp.float32, rngs=rngs), 3)
+    rngs = nnx.Rngs(5)
+    separate = [DecoderLayer(cfg, dtype=jnp.float32, rngs=rngs) for _ in range(3)]
+    for one, ref in zip(_unstack(stacked, 3), separate):
+        for a, b in zip(jax.tree.leaves(nnx.state(one)), jax.tree.leaves(nnx.state(ref))):
+            np.testing.assert_array_equal(a, b)
+
+
+def _saved_residuals(fn, *args) -> int:
+    """How many arrays the backward pass of ``fn`` keeps (``print_saved_residuals`` lines)."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        jax.ad_checkpoint.print_saved_residuals(fn, *args)
+    return len(printed.getvalue().splitlines())
+
+
+def test_scanned_layers_equal_a_python_loop_for_every_remat_policy():
+    """The decoder's and the tower's scan == each layer applied in turn, values and gradients,
+    whatever the remat policy; the policies differ in what the backward pass keeps."""
+    t = TextConfig(vocab_size=VOCAB, hidden=16, layers=3, heads=4, kv_heads=2, head_dim=4, mlp=24)
+    v = VisionConfig(image_size=16, patch_size=8, channels=1, hidden=16, layers=3, heads=2, mlp=24)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32)
+    positions = jnp.asarray([[0, 0, 1, 2, 3], [0, 1, 2, 3, 4]])
+    real = jnp.asarray([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], bool)  # row 0 starts with a pad
+    mask = jnp.tril(jnp.ones((5, 5), bool))[None] & real[:, None]
+    images = jnp.asarray(rng.uniform(-1, 1, (2, 16, 16, 1)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((5, 16)), jnp.float32)
+
+    def decoder_scanned(dec):
+        hidden, (k, _) = dec(x, positions, mask)
+        return (hidden * w).sum() + k.sum()
+
+    def decoder_loop(dec):
+        h, ks = x, []
+        for layer in _unstack(dec.model.layers, t.layers):
+            h, (k, _) = layer(h, positions, mask)
+            ks.append(k)
+        return (h * w).sum() + jnp.stack(ks).sum()
+
+    def tower_loop(vit):
+        h = vit.patch_embedding(patchify(images, v.patch_size)) + vit.position_embedding[...]
+        for block in _unstack(vit.layers, v.layers):
+            h = block(h)
+        return (vit.post_layernorm(h) * w[0]).sum()
+
+    cases = [
+        (lambda remat: Decoder(t, dtype=jnp.float32, remat=remat, rngs=nnx.Rngs(1)),
+         decoder_scanned, decoder_loop),
+        (lambda remat: VisionTransformer(v, dtype=jnp.float32, remat=remat, rngs=nnx.Rngs(2)),
+         lambda vit: (vit(images) * w[0]).sum(), tower_loop),
+    ]
+    for make, scanned, loop in cases:
+        ref_value, ref_grads = nnx.jit(nnx.value_and_grad(loop))(make("none"))
+        saved = {}
+        for remat in REMAT_POLICIES:
+            graphdef, state = nnx.split(make(remat))
+            fn = lambda s: scanned(nnx.merge(graphdef, s))  # noqa: E731
+            value, grads = jax.jit(jax.value_and_grad(fn))(state)
+            np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+            for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+                np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+            saved[remat] = _saved_residuals(fn, state)
+        assert saved["full"] < saved["dots_saveable"] < saved["none"], saved
+
+
+T_SCORES = 6  # target positions: chunk size 3 divides it, 4 does not
+
+
+def _scores_batch():
+    batch = make_batch(6, prompt_lens=[3, 6], target_len=T_SCORES)
+    batch["target_mask"][0, 4:] = False
+    return batch
+
+
+def test_token_scores_equal_teacher_forced_for_every_chunking():
+    model, batch, temperature = toy_model(), _scores_batch(), 0.7
+    _, logits = logprobs(model, batch)
+    batch["target_tokens"][1, -1] = np.argmax(logits[1, -1])  # the last target feeds no position
+    scaled = np.asarray(logits, np.float64) / temperature
+    logz = np.log(np.exp(scaled - scaled.max(-1, keepdims=True)).sum(-1)) + scaled.max(-1)
+    probs = np.exp(scaled - logz[..., None])
+    mask = batch["target_mask"]
+    logp = np.take_along_axis(scaled, batch["target_tokens"][..., None], -1)[..., 0] - logz
+    entropy = -(probs * np.log(probs)).sum(-1)
+    correct = (scaled.argmax(-1) == batch["target_tokens"]) & mask
+    graphdef, state = nnx.split(model)
+
+    def total(s, chunk):
+        scores = token_scores(nnx.merge(graphdef, s), batch, temperature=temperature, chunk_size=chunk)
+        return scores.logp.sum(), scores
+
+    ref_grads = None
+    for chunk in (0, 3, 4):
+        (_, scores), grads = jax.jit(jax.value_and_grad(total, has_aux=True), static_argnums=1)(state, chunk)
+        assert scores.logp.dtype == scores.entropy.dtype == jnp.float32 and scores.correct.dtype == bool
+        np.testing.assert_allclose(scores.logp, np.where(mask, logp, 0), atol=2e-6)
+        np.testing.assert_allclose(scores.entropy, np.where(mask, entropy, 0), atol=2e-6)
+        np.testing.assert_array_equal(scores.correct, correct)
+        ref_grads = grads if ref_grads is None else ref_grads
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+    assert correct[1, -1] and not np.asarray(scores.logp[0, 4:]).any()
+
+
+def test_chunked_token_scores_never_hold_the_full_logits():
+    """No [B, T, vocab] float32 array in the program (forward or backward) once chunked."""
+    model, batch = toy_model(), _scores_batch()
+    graphdef, state = nnx.split(model)
+    full = f"tensor<2x{T_SCORES}x{VOCAB}xf32>"
+
+    def program(chunk):
+        def loss(s):
+            return token_scores(nnx.merge(graphdef, s), batch, chunk_size=chunk).logp.sum()
+
+        return jax.jit(jax.grad(loss)).lower(state).as_text()
+
+    assert full in program(0)  # the check can see them
+    assert full not in program(4) and f"tensor<2x4x{VOCAB}xf32>" in program(4)

@@ -1,6 +1,11 @@
-"""Sampler: cached == teacher-forced, group sharing == separate prefills, greedy, EOS, padding."""
+"""Sampler: cached == teacher-forced, group sharing == separate prefills, greedy, EOS, padding;
+with a mesh (8 CPU devices, a subprocess) the sharded sampler gives the same tokens."""
 
 import functools
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +20,7 @@ VOCAB, IMAGE, VIEWS, T = 64, 32, 2, 8
 LENS = [3, 6]  # real prompt lengths in the padded batch
 
 
-@pytest.fixture(scope="module")
-def policy():
+def toy_policy():
     """(graphdef, state) of the toy size with parameters spread out (std ~0.3)."""
     graphdef, state = nnx.split(Policy(policy_config("toy", VOCAB, IMAGE, VIEWS), rngs=nnx.Rngs(0)))
     leaves, treedef = jax.tree.flatten(state)
@@ -25,8 +29,7 @@ def policy():
     return graphdef, jax.tree.unflatten(treedef, spread)
 
 
-@pytest.fixture(scope="module")
-def batch():
+def prefix_batch():
     rng = np.random.default_rng(0)
     prompt = np.zeros((len(LENS), max(LENS)), np.int32)
     for i, n in enumerate(LENS):
@@ -37,6 +40,16 @@ def batch():
         prompt_tokens=prompt,
         prompt_mask=prompt != 0,
     )
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return toy_policy()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return prefix_batch()
 
 
 def repeat(batch: dict, g: int) -> dict:
@@ -148,3 +161,41 @@ def test_argument_errors(policy, batch):
         sample(*policy, partial, rng=jax.random.key(0), max_new_tokens=4)
     with pytest.raises(ValueError, match="exceeds max_seq_len"):
         sample(*policy, batch, rng=jax.random.key(0), max_new_tokens=1000)
+
+
+_SHARDED = textwrap.dedent("""
+    import sys
+    import jax
+    jax.config.update("jax_num_cpu_devices", 8)
+    import numpy as np
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    sys.path[:0] = sys.argv[1:3]
+    from test_sampling import prefix_batch, toy_policy
+    from test_sharding import RULES
+    from radflow_jax.parallel import mesh as mesh_lib
+    from radflow_jax.rl.sampling import sample
+
+    mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    graphdef, state = toy_policy()
+    prefix = prefix_batch()  # 2 rows: fewer than the 4 batch shards, so replicated
+    kw = dict(rng=jax.random.key(3), max_new_tokens=6, group_size=2, temperature=1.3, eos_id=-1)
+    ref = sample(graphdef, state, prefix, **kw)
+    for _ in range(2):  # the second call reuses the jitted sampler
+        out = sample(graphdef, state, prefix, mesh=mesh, rules=RULES, **kw)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
+    rows = NamedSharding(mesh, P(("data", "fsdp")))
+    assert out.tokens.sharding.is_equivalent_to(rows, 2) and out.lengths.sharding.is_equivalent_to(rows, 1)
+    print("ok")
+""")
+
+
+def test_sharded_sampler_on_an_8_device_mesh_equals_one_device():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [os.path.join(tests, "rl"), os.path.join(tests, "models")]
+    out = subprocess.run([sys.executable, "-c", _SHARDED, *args], env=env, cwd=os.path.dirname(tests),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-4000:]
