@@ -6,6 +6,6 @@ configs or processors. ``export`` is not re-exported here: it imports the SFT tr
 itself import ``hf.load``.
 """
 
-from radflow_jax.hf.load import ImportReport, init_from_hf, load_pretrained
+from radflow_jax.hf.load import ImportReport, init_from_hf, load_pretrained, policy_config_from_hf
 
-__all__ = ["ImportReport", "init_from_hf", "load_pretrained"]
+__all__ = ["ImportReport", "init_from_hf", "load_pretrained", "policy_config_from_hf"]

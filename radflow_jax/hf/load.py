@@ -1,5 +1,8 @@
 """Import Hugging Face Llava-format weights into our policy (``load_pretrained``, ``init_from_hf``).
 
+``policy_config_from_hf`` reads the architecture of any size from ``config.json``, so a run can be
+built around a checkpoint rather than one of our named sizes.
+
 Supported: ``LlavaForConditionalGeneration`` folders with a SigLIP or CLIP vision tower and a
 Llama, Mistral or Qwen2 text model (Qwen2's q/k/v biases map to ``attention_bias``). Weights are
 read from safetensors only (never pickle); the image processor's channels and mean/std are folded
@@ -197,6 +200,21 @@ def describe(hf_dir: str) -> tuple[PolicyConfig, convert.HFLayout, list[str]]:
     return cfg, layout, notes
 
 
+def policy_config_from_hf(
+    hf_dir: str, *, max_views: int, text_len: int, dtype: str = "float32", remat: str = "none"
+) -> PolicyConfig:
+    """The policy architecture of an HF Llava folder, for a run of ``max_views`` views and
+    ``text_len`` prompt + report tokens (``max_seq_len`` as ``policy_config`` computes it).
+
+    Widths, depths, heads, kv heads, head_dim, MLP sizes, RoPE theta, norm epsilons, q/k/v
+    biases (Qwen2), vocabulary, image and patch size all come from ``config.json``; the tower
+    is grayscale (channels folded on import). ``dtype`` and ``remat`` are run settings.
+    """
+    cfg, _, _ = describe(hf_dir)
+    text = dataclasses.replace(cfg.text, max_seq_len=max_views * cfg.vision.num_patches + text_len)
+    return dataclasses.replace(cfg, text=text, dtype=dtype, remat=remat)
+
+
 def _unused(key: str, cfg: PolicyConfig, layout: convert.HFLayout) -> bool:
     """HF tensors that HF's Llava forward ignores, or that have no counterpart (CLIP extras)."""
     v = "vision_tower."
@@ -275,11 +293,17 @@ def _mismatches(ours: PolicyConfig, theirs: PolicyConfig) -> list[str]:
     return out
 
 
-def init_from_hf(run, hf_dir: str, *, exact: bool = True) -> nnx.State:
-    """A fresh training state of ``run`` (an ``SFTRun``) whose parameters come from ``hf_dir``.
+def _place(host: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A host array laid out by ``sharding``; each process builds only its own shards (multi-host)."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
-    The optimizer state is freshly initialised; the arrays are placed on ``run.shardings``.
-    The run's model config (size, vocabulary, image size) must match the checkpoint's.
+
+def init_from_hf(run, hf_dir: str, *, exact: bool = True) -> nnx.State:
+    """A fresh training state of ``run`` (a ``PolicyTrainState``) whose parameters come from ``hf_dir``.
+
+    ``run`` provides ``model_config``, ``init_state()`` and ``shardings``. The optimizer state
+    is freshly initialised; the parameters are placed on ``run.shardings``. The run's model
+    config must match the checkpoint's (build it with ``policy_config_from_hf`` for any size).
     """
     cfg, params, report = load_params(hf_dir, exact=exact)
     problems = _mismatches(run.model_config, cfg)
@@ -293,4 +317,6 @@ def init_from_hf(run, hf_dir: str, *, exact: bool = True) -> nnx.State:
     nnx.replace_by_pure_dict(state, pure)
     for note in report.notes:
         logging.warning("init_from_hf: inexact import: %s", note)
-    return jax.device_put(state, run.shardings)
+    return jax.tree.map(
+        lambda x, sharding: _place(x, sharding) if isinstance(x, np.ndarray) else x, state, run.shardings
+    )

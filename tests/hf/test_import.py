@@ -1,18 +1,24 @@
 """Import: tiny random HF Llava models (SigLIP/CLIP towers; Llama/Mistral/Qwen2 text) built from
-configs, saved as safetensors, loaded into our policy; logits must equal HF's in fp32."""
+configs, saved as safetensors, loaded into our policy; logits must equal HF's in fp32. Sizes that
+are none of ours load through ``policy_config_from_hf`` and ``init_from_hf``."""
 
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 from safetensors.numpy import save_file
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from radflow_jax.hf import load  # noqa: E402
+from radflow_jax.models.policy import SIZES, Policy  # noqa: E402
+from radflow_jax.parallel import mesh as mesh_lib  # noqa: E402
 
 IMAGE, PATCH, VOCAB, IMAGE_TOKEN = 32, 16, 64, 3
 N_PATCHES = (IMAGE // PATCH) ** 2
@@ -39,7 +45,8 @@ def _text(kind, **kw):
 def _save(path, vision, text, *, mean=(0.5,), std=(0.5,), strategy="full", layer=-1, zero_o_bias=True):
     """Random Llava (every tensor perturbed, so norms and biases matter) saved with a processor config."""
     config = transformers.LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN, image_seq_length=N_PATCHES,
+        vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN,
+        image_seq_length=(vision.image_size // vision.patch_size) ** 2,
         vision_feature_select_strategy=strategy, vision_feature_layer=layer, projector_hidden_act="gelu",
     )
     torch.manual_seed(0)
@@ -70,8 +77,9 @@ def _hf_logits(model, gray, text, channels, mean, std, with_image=True):
             return model(input_ids=torch.tensor(text)).logits.numpy()
         planes = [(gray - m) / s for m, s in zip(mean, std)][:channels]
         pixels = torch.tensor(np.stack(planes, axis=1))
-        ids = np.concatenate([np.full((len(text), N_PATCHES), IMAGE_TOKEN), text], axis=1)
-        return model(input_ids=torch.tensor(ids), pixel_values=pixels).logits.numpy()[:, N_PATCHES:]
+        n = model.config.image_seq_length
+        ids = np.concatenate([np.full((len(text), n), IMAGE_TOKEN), text], axis=1)
+        return model(input_ids=torch.tensor(ids), pixel_values=pixels).logits.numpy()[:, n:]
 
 
 def _our_logits(policy, gray, text, with_image=True):
@@ -165,3 +173,68 @@ def test_missing_unexpected_and_pickle_files_are_reported(tmp_path):
     open(os.path.join(path, "pytorch_model.bin"), "wb").close()
     with pytest.raises(FileNotFoundError, match="pickle files are never loaded"):
         load.load_pretrained(path)
+
+
+# Mesh rules for every logical name of the policy's parameters, all replicated on one device.
+RULES = tuple((name, None) for name in ("vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "patch",
+                                        "vit_embed", "vit_mlp", "positions", "layers"))
+
+
+class _TrainState:
+    """What ``init_from_hf`` reads of a trainer's state (``runtime.PolicyTrainState``): the model
+    config, a fresh (policy, optimizer) state and its shardings."""
+
+    def __init__(self, cfg):
+        self.model_config = cfg
+        self._create = lambda: self._with_optimizer(Policy(cfg, rngs=nnx.Rngs(0)))
+        self.graphdef, abstract = nnx.split(nnx.eval_shape(self._create))
+        self.shardings = mesh_lib.state_shardings(abstract, mesh_lib.make_mesh({"data": 1}), RULES)
+
+    @staticmethod
+    def _with_optimizer(model):
+        return model, nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+
+    def init_state(self):
+        return nnx.split(self._create())[1]
+
+
+@pytest.mark.parametrize(
+    "text_kind, vision_kw, text_kw",
+    [
+        ("llama", dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=3,
+                       patch_size=8, layer_norm_eps=1e-5),
+         dict(hidden_size=48, intermediate_size=72, num_hidden_layers=3, num_attention_heads=6,
+              num_key_value_heads=3, head_dim=12, rope_theta=20000.0, rms_norm_eps=1e-6)),
+        ("qwen2", dict(hidden_size=40, intermediate_size=56, num_hidden_layers=1, num_attention_heads=5),
+         dict(vocab_size=80, hidden_size=40, intermediate_size=88, num_hidden_layers=5, num_attention_heads=5,
+              num_key_value_heads=1)),
+    ],
+)
+def test_any_size_builds_from_the_hf_config_and_loads_exactly(tmp_path, text_kind, vision_kw, text_kw):
+    vision = _vision("siglip", 1, tie_last_hidden_states=True, **vision_kw)
+    text = _text(text_kind, **text_kw)
+    model = _save(str(tmp_path), vision, text)
+    cfg = load.policy_config_from_hf(str(tmp_path), max_views=2, text_len=20, dtype="float32",
+                                     remat="dots_saveable")
+    v, t = cfg.vision, cfg.text
+    n = (IMAGE // vision.patch_size) ** 2
+    assert (v.hidden, v.layers, v.heads, v.mlp, v.patch_size, v.image_size, v.channels, v.layer_norm_eps) == (
+        vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads, vision.intermediate_size,
+        vision.patch_size, IMAGE, 1, vision.layer_norm_eps)
+    assert (t.vocab_size, t.hidden, t.layers, t.heads, t.kv_heads, t.mlp, t.rms_eps) == (
+        text.vocab_size, text.hidden_size, text.num_hidden_layers, text.num_attention_heads,
+        text.num_key_value_heads, text.intermediate_size, text.rms_norm_eps)
+    assert t.head_dim == text_kw.get("head_dim", text.hidden_size // text.num_attention_heads)
+    assert t.rope_theta == text_kw.get("rope_theta", 5000.0) and t.attention_bias == (text_kind == "qwen2")
+    assert t.max_seq_len == 2 * n + 20 and (cfg.dtype, cfg.remat) == ("float32", "dots_saveable")
+    assert all((t.hidden, t.layers) != (s["text"]["hidden"], s["text"]["layers"]) for s in SIZES.values())
+
+    run = _TrainState(cfg)
+    state = load.init_from_hf(run, str(tmp_path))
+    for x, sharding in zip(jax.tree.leaves(state[0]), jax.tree.leaves(run.shardings[0])):  # the policy
+        assert isinstance(x, jax.Array) and x.sharding == sharding
+    policy, optimizer = nnx.merge(run.graphdef, state)
+    assert not any(np.any(x) for x in jax.tree.leaves(nnx.state(optimizer, nnx.optimizer.OptState)))
+    gray, ids = _inputs()
+    diff = np.abs(_our_logits(policy, gray, ids) - _hf_logits(model, gray, ids, 1, [0.5], [0.5]))
+    assert diff.max() < 1e-4, diff.max()
