@@ -7,14 +7,16 @@ CheXpert labeler, is written down in ``docs/labeling.md``; ``rewards/openi_devse
 labeler against it on hand-labeled Open-I reports. The pipeline, with regular expressions only (no
 parser is available here):
 
-1. **Sentences**: split at ``.``/``!`` followed by a space or the end, and at line breaks (decimals,
-   "vs." and "e.g." do not split). Within a sentence, **clauses** end at ``;`` ``:``, "but",
+1. **Sentences**: split at ``.``/``!``/``?`` followed by a space or the end, at line breaks, and at
+   a run-on "apex.There" (decimals, "vs." and "e.g." do not split; Open-I's ``XXXX`` masks are
+   ordinary unknown words). Within a sentence, **clauses** end at ``;`` ``:``, "but",
    "however", "although", "except", "which", "whereas", "while", "there is/are", "and the/there", and
    at a comma before a hedge ("no definite flow, likely occlusion").
 2. **Mentions**: each modality's phrase rules (``phrases_cxr``, ``phrases_carotid``) are matched over
    the whole text; a match overlapping one of its rule's "unmention" patterns is dropped ("mass
-   effect" is no Lung Lesion). State rules ("heart size is normal", "lungs are clear") carry their
-   value in the match (``normal`` group → 0, ``borderline`` group → -1).
+   effect" is no Lung Lesion), and so is one inside conditional advice ("if clinical concern for
+   rib fracture, ..."). State rules ("heart size is normal", "lungs are clear") carry their value
+   in the match (``normal`` group → 0, ``borderline`` group → -1 unless negated before it).
 3. **Value** of a finding mention, by priority (NegEx-style, cue scope = the mention's clause):
    a negation-shaped hedge anywhere in the clause ("cannot be excluded", "not ruled out") → -1;
    a negation cue before it ("no", "without", "free of", "resolution of", "rather than"), or after
@@ -24,7 +26,11 @@ parser is available here):
    for") or after it ("is possible", "if present", "versus", "is a consideration") → -1;
    otherwise 1.
    Pseudo-negations ("no change in", "no interval increase", "not only", "not seen previously")
-   are not negation cues. "likely" counts as uncertain, as in CheXpert's uncertainty rules.
+   are not negation cues, pseudo-hedges ("age-indeterminate", "if clinically indicated") no
+   hedges. "likely" counts as uncertain, as in CheXpert's uncertainty rules. A hedge after a
+   finding is about its cause ("opacity, may represent atelectasis": the opacity stays 1).
+   **Alternatives**: positive mentions of two or more observations chained by "or", "versus",
+   "/" or "and/or" (bare list commas between) become -1 ("atelectasis or scarring").
    Measurement rules (intima-media thickness in mm) are positive above the rule's threshold and
    uncertain when the clause hedges. Rules marked ``negated_only`` (e.g. "osseous abnormality",
    a bare "stenosis") give a label only when negated.
@@ -49,43 +55,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from radflow_jax.data.sections import parse_sections
+from radflow_jax.rewards import phrases_carotid, phrases_cxr
+from radflow_jax.rewards.rules import Rule
 from radflow_jax.schema import LABEL_BLANK, NEGATIVE, POSITIVE, UNCERTAIN, Schema
 
 _FLAGS = re.IGNORECASE
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """One mention pattern and the observations it names (``{side}`` filled in for carotid).
-
-    Named groups in ``pattern`` steer the value: ``normal`` (→ 0), ``borderline`` (→ -1), ``num``
-    (a measurement compared with ``threshold``), and ``anchor*`` (where negation and hedge cues are
-    looked for, e.g. "enlarged" in "the heart is not enlarged"; default: the match start).
-    """
-
-    observations: tuple[str, ...]
-    pattern: str
-    unmention: str | None = None
-    negated_only: bool = False
-    threshold: float | None = None
-
-
-_GAP = r"(?:[\s,:]+[\w'/()-]+){0,8}?[\s,:]+"  # up to 8 words between a subject and its predicate
-
-
-def state(observations: tuple[str, ...], subject: str, normal: str | None = None,
-          borderline: str | None = None, abnormal: str | None = None) -> Rule:
-    """A "<subject> ... <predicate>" rule: "heart size is normal", "the heart is mildly enlarged"."""
-    alternatives = [f"(?P<{name}>{p})" for name, p in
-                    (("normal", normal), ("borderline", borderline), ("anchor", abnormal)) if p]
-    return Rule(observations, rf"\b(?:{subject}){_GAP}(?:{'|'.join(alternatives)})\b")
-
-
-def adjective_first(observations: tuple[str, ...], subject: str, normal: str | None = None,
-                    borderline: str | None = None) -> Rule:
-    """A "<predicate> <subject>" rule: "normal heart size", "clear lungs"."""
-    alternatives = [f"(?P<{name}>{p})" for name, p in (("normal", normal), ("borderline", borderline)) if p]
-    return Rule(observations, rf"\b(?:{'|'.join(alternatives)})(?: [\w-]+){{0,2}}? (?:{subject})\b")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,10 +92,13 @@ def _alternation(patterns: Sequence[str]) -> re.Pattern:
     return re.compile("|".join(parts), _FLAGS)
 
 
-_SENTENCE_END = re.compile(r"(?<!\bvs)(?<!\be\.g)(?<!\bi\.e)(?<!\bdr)[.!](?=\s|$)|\n", _FLAGS)
+_SENTENCE_END = re.compile(
+    r"(?<!\bvs)(?<!\be\.g)(?<!\bi\.e)(?<!\bdr)[.!?](?=\s|$)|\n"
+    r"|(?-i:(?<=[a-z]{2})\.(?=[A-Z][a-z]))",  # a run-on "apex.There" (case-sensitive)
+    _FLAGS)
 _TERMINATOR = _alternation((
     r"[;:]", r"\bbut\b", r"\bhowever\b", r"\balthough\b", r"\bthough\b", r"\bexcept\b",
-    r"\b(?:apart|aside) from\b", r"\bwhich\b", r"\bwhereas\b", r"\bwhile\b", r"\bthere (?:is|are)\b",
+    r"\b(?:apart|aside) from\b", r"\bwhich\b", r"\bwhereas\b", r"\bwhile\b", r"(?<!\bthat )\bthere (?:is|are)\b",
     r"\band (?=the\b|there\b)",
     r",\s*(?=(?:possible|possibly|probable|probably|likely|questionable|suspected|new|unchanged|stable)\b)",
 ))
@@ -139,11 +116,12 @@ _NEG_UNCERTAIN = _alternation((
     r"(?:excluded|ruled out)",
     r"\b(?:cannot|can ?not|can't|could not|difficult to|unable to) (?:entirely |completely |definitely )?"
     r"(?:exclude|rule out)\b",
+    r"\bto (?:ensure|confirm|document) (?:that )?there is no\b",
 ))
 _PRE_NEGATION = _alternation((
     r"\bno\b", r"\bnot\b", r"\bwithout\b", r"\bnor\b", r"\bneither\b", r"\babsence of\b", r"\babsent\b",
     r"\bnegative for\b", r"\bfree of\b", r"\bclear of\b", r"\bresolution of\b", r"\bresolved\b",
-    r"\bremoval of\b", r"\bfails? to (?:show|demonstrate|reveal)\b", r"\bnever\b", r"\brather than\b",
+    r"\bremoval of\b", r"\bclearing of\b", r"\bfails? to (?:show|demonstrate|reveal)\b", r"\bnever\b", r"\brather than\b",
     r"\binstead of\b",
 ))
 _POST_NEGATION = _alternation((
@@ -157,7 +135,7 @@ _POST_NEGATION = _alternation((
 ))
 _HEDGE = (
     r"\bpossib(?:le|ly|ility)\b", r"\bprobabl[ey]\b", r"\blikely\b", r"\bquestionabl[ey]\b",
-    r"\bquestion of\b", r"\?", r"\bsuspicio(?:us|n) (?:for|of)\b", r"\bsuspect(?:ed)?\b",
+    r"\bquestion(?: of)?\b", r"\bfavou?red\b", r"\?", r"\bsuspicio(?:us|n) (?:for|of)\b", r"\bsuspect(?:ed)?\b",
     r"\bconcern(?:ing)? for\b", r"\bworrisome for\b", r"\bsuggestive of\b", r"\bsuggest(?:s|ing|ed)?\b",
     r"\bmay\b", r"\bmight\b", r"\bcould\b", r"\bborderline\b", r"\bequivocal\b", r"\bindeterminate\b",
     r"\buncertain\b", r"\bpresum(?:ed|ably|ptive)\b", r"\bdifferential\b", r"\bversus\b", r"\bvs\b\.?", r"\bconsider(?:ed|ation)?\b", r"\bpotential(?:ly)?\b", r"\bperhaps\b",
@@ -169,8 +147,21 @@ _PRE_HEDGE = _alternation(_HEDGE)
 _POST_HEDGE = _alternation((
     r"\b(?:is|are) (?:also |more |most )?(?:possible|likely|probable|suspected|questionable|favored)\b",
     r"\bversus\b", r"\bvs\b\.?", r"\bif (?:present|any)\b", r"\b(?:is|be) (?:a|another) consideration\b", r"\?",
-    r"\bis in the differential\b",
+    r"\bis in the differential\b", r"\b(?:is|are) questioned\b",
 ))
+_PSEUDO_HEDGE = _alternation((  # hedge-shaped words that hedge no finding
+    r"\bage[- ]indeterminate\b", r"\b(?:if|as) clinically (?:indicated|warranted)\b",
+))
+# Conditional advice is no mention: "if clinical concern for rib fracture, dedicated rib films".
+_DISCLAIMER = _alternation((
+    r"\b(?:if|should) (?:there is )?(?:continued |persistent |further |ongoing )?(?:clinical )?"
+    r"(?:concern|suspicion) (?:for|of)\b[^.;]*",
+))
+# Two findings offered as alternatives ("atelectasis or scarring", "atelectasis/infiltrate",
+# "airspace disease and/or atelectasis"): up to 3 modifier words before the second one.
+# A comma links only bare list items ("atelectasis, infiltrate and/or effusion"), so "opacity,
+# probable atelectasis or scarring" keeps its opacity.
+_LINK = re.compile(r"\s*,\s*|\s*(?P<alt>or|and/or|versus|vs\.?|/)\s*(?:[\w-]+\s+){0,3}?", _FLAGS)
 _SIDE_WORD = re.compile(r"\b(right|left|bilateral(?:ly)?|both)\b", _FLAGS)
 _HEADER = re.compile(r"\s*(?:\d+\.\s*)?([A-Z][A-Z /]+):")
 
@@ -186,15 +177,11 @@ class _Compiled:
 
 @functools.lru_cache(maxsize=None)
 def _rules(modality: str) -> tuple[_Compiled, ...]:
-    # Imported here: the phrase modules import ``Rule`` from this module.
-    if modality == "cxr":
-        from radflow_jax.rewards.phrases_cxr import RULES
-    elif modality == "carotid":
-        from radflow_jax.rewards.phrases_carotid import RULES
-    else:
-        raise ValueError(f"no labeler rules for modality {modality!r}; supported: ['cxr', 'carotid']")
+    phrases = {"cxr": phrases_cxr.RULES, "carotid": phrases_carotid.RULES}
+    if modality not in phrases:
+        raise ValueError(f"no labeler rules for modality {modality!r}; supported: {sorted(phrases)}")
     return tuple(_Compiled(r, re.compile(r.pattern, _FLAGS),
-                           re.compile(r.unmention, _FLAGS) if r.unmention else None) for r in RULES)
+                           re.compile(r.unmention, _FLAGS) if r.unmention else None) for r in phrases[modality])
 
 
 @functools.lru_cache(maxsize=None)
@@ -244,12 +231,17 @@ class _Cues:
         self.terminators = _spans(_TERMINATOR, text)
         self.term_starts = [s for s, _ in self.terminators]
         self.term_ends = sorted(e for _, e in self.terminators)
+        pseudo_hedge = _spans(_PSEUDO_HEDGE, text)
+
+        def hedges(spans):
+            return [s for s in spans if not any(a < s[1] and s[0] < b for a, b in pseudo_hedge)]
+
         self.kinds = {
             "neg_unc": _spans(_NEG_UNCERTAIN, text),
             "pre_neg": free(_spans(_PRE_NEGATION, text)),
             "post_neg": free(_spans(_POST_NEGATION, text)),
-            "pre_unc": _spans(_PRE_HEDGE, text),
-            "post_unc": _spans(_POST_HEDGE, text),
+            "pre_unc": hedges(_spans(_PRE_HEDGE, text)),
+            "post_unc": hedges(_spans(_POST_HEDGE, text)),
         }
         self.starts = {k: [s for s, _ in v] for k, v in self.kinds.items()}
 
@@ -275,10 +267,10 @@ def _value(m: re.Match, rule: Rule, cues: _Cues, sentence: tuple[int, int]) -> i
     groups = m.groupdict()
     if groups.get("normal") is not None:
         return NEGATIVE
-    if groups.get("borderline") is not None:
-        return UNCERTAIN
     anchor = next((m.start(g) for g in groups if g.startswith("anchor") and groups[g] is not None), m.start())
     lo, hi = cues.clause(anchor, m.end(), sentence)
+    if groups.get("borderline") is not None:  # "no costophrenic angle blunting" is negated
+        return NEGATIVE if cues.any_in("pre_neg", lo, m.start()) else UNCERTAIN
     hedged_before, hedged_after = cues.any_in("pre_unc", lo, anchor), cues.any_in("post_unc", m.end(), hi)
     if rule.threshold is not None:  # a measurement: hedged anywhere in its sentence -> uncertain
         if cues.any_in("pre_unc", *sentence):
@@ -339,6 +331,33 @@ def _aggregate(mentions: Sequence[Mention], schema: Schema) -> dict[str, int | N
     return values
 
 
+def _alternatives(text: str, mentions: list[Mention]) -> list[Mention]:
+    """Positive mentions of different observations chained by "or" / "versus" / "/" become uncertain.
+
+    Mentions (in text order) are chained when only a ``_LINK`` separates them; a chain with at
+    least one alternative link and two observations is a differential, so its positives are -1
+    ("no A or B" is negated already and stays 0).
+    """
+    spans = sorted({(m.start, m.end) for m in mentions})
+    chain, chains, alternative = [spans[0]] if spans else [], [], False
+    for prev, cur in zip(spans, spans[1:]):
+        link = _LINK.fullmatch(text, prev[1], cur[0]) if cur[0] >= prev[1] else None
+        if link:
+            chain.append(cur)
+            alternative |= link.group("alt") is not None
+        else:
+            chains.append((chain, alternative))
+            chain, alternative = [cur], False
+    chains.append((chain, alternative))
+    uncertain = set()
+    for chain, alternative in chains:
+        members = set(chain)
+        if alternative and len({m.observation for m in mentions if (m.start, m.end) in members}) > 1:
+            uncertain |= members
+    return [dataclasses.replace(m, value=UNCERTAIN) if m.value == POSITIVE and (m.start, m.end) in uncertain
+            else m for m in mentions]
+
+
 def label_text(text: str, schema: Schema) -> Labels:
     """Labels of any text (one section or a whole report), with each mention's character span."""
     if not isinstance(text, str):
@@ -350,9 +369,10 @@ def label_text(text: str, schema: Schema) -> Labels:
     cues = _Cues(text)
     sided = schema.modality == "carotid"
     sides = _sides(text, sentences) if sided else []
+    disclaimers = _spans(_DISCLAIMER, text)
     mentions = []
     for c in compiled:
-        dropped = _spans(c.unmention, text) if c.unmention else []
+        dropped = (_spans(c.unmention, text) if c.unmention else []) + disclaimers
         for m in c.regex.finditer(text):
             if any(a < m.end() and m.start() < b for a, b in dropped):
                 continue
@@ -369,6 +389,7 @@ def label_text(text: str, schema: Schema) -> Labels:
                 names = tuple(n.format(side=s) for s in found for n in names)
             mentions += [Mention(n, value, m.start(), m.end(), *sentence) for n in names]
     mentions.sort(key=lambda x: (x.start, x.end, schema.index(x.observation)))
+    mentions = _alternatives(text, mentions)
     return Labels(_aggregate(mentions, schema), tuple(mentions))
 
 

@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-from radflow_jax.rewards.labeler import Rule
+from radflow_jax.rewards.rules import Rule
 
 _BANDS = ("{side} Stenosis <50%", "{side} Stenosis 50-69%", "{side} Stenosis >=70%",
           "{side} Near Occlusion", "{side} Occlusion")

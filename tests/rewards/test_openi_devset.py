@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 
 from radflow_jax.rewards import labeler, openi_devset
@@ -104,4 +103,24 @@ def test_labeler_on_the_real_dev_set(real_text):
     gold = openi_devset.gold_array(labels, ids, SCHEMA)
     predicted = labeler.label_array([real_text[i].report for i in ids], SCHEMA)
     scores = openi_devset.devset_scores(gold, predicted, SCHEMA)
-    assert np.isfinite(scores["micro_f1"]) and scores["reports"] == len(ids)
+    assert scores["reports"] == len(ids)
+    # The goals of issue 15 (measured: micro-F1 0.987, negation 0.992, uncertain 0.949).
+    assert scores["micro_f1"] >= 0.90, scores["per_observation"]
+    assert scores["negation_accuracy"] >= 0.95 and scores["uncertain_accuracy"] >= 0.75, scores
+
+
+# Floors ~3 points under what was measured (tools/labeler_devset.py): a regression guard on all
+# indexed reports. MeSH tags what is present and never what is absent, so precision is low where
+# radiologists hedge (Pneumonia) or mention findings the indexers skip (No Finding vs "normal").
+_MESH_F1_FLOORS = {"Cardiomegaly": 0.95, "Lung Lesion": 0.86, "Lung Opacity": 0.89, "Edema": 0.80,
+                   "Consolidation": 0.85, "Atelectasis": 0.88, "Pneumothorax": 0.87, "Pleural Effusion": 0.81,
+                   "Pleural Other": 0.75, "Fracture": 0.78, "Support Devices": 0.82}
+
+
+def test_mesh_agreement_on_all_reports(real_text):
+    indexed = [r for r in real_text.values() if not any(t.startswith("No Indexing") for t in r.mesh)]
+    assert len(indexed) > 3500
+    predicted = labeler.label_array([r.report for r in indexed], SCHEMA)
+    agreement = openi_devset.mesh_agreement(indexed, predicted, SCHEMA)
+    low = {o: round(agreement[o]["f1"], 3) for o, floor in _MESH_F1_FLOORS.items() if agreement[o]["f1"] < floor}
+    assert not low, low
