@@ -5,13 +5,15 @@ the rewards see). Input: JSON Lines with one ``{"id": ..., "text": ...}`` object
 lines are ignored), or a ``.csv`` file with ``id`` and ``text`` columns. Output (``--output`` or
 stdout): one line per report, in input order::
 
-    {"id": ..., "labels": {"<observation>": 1 | 0 | -1 | null, ...}}
+    {"id": ..., "labels": {"<observation>": 1 | 0 | -1 | null, ...}, "conventions": "..."}
 
 with every observation of the modality's schema present (1 positive, 0 negative, -1 uncertain,
 null not mentioned). ``labels`` are those of the whole text as given. With ``--sections`` the text
 is split into Findings and Impression (``radflow_jax.data.sections``; plain text counts as
 Findings), ``labels`` are those of the two sections together (text under other headers such as
 INDICATION is ignored) and ``findings`` / ``impression`` hold each section's own labels.
+``conventions`` names the labeling conventions (``docs/labeling.md`` for chest X-rays) the labels
+follow, so a stored label file says what produced it.
 
 Malformed input is never dropped silently: every problem is reported with file and line number
 (not JSON, not an object, missing ``id``/``text``, text not a string, bad id, duplicate id,
@@ -32,7 +34,7 @@ from typing import Any
 from absl import app, flags
 
 from radflow_jax.data.sections import SectionError
-from radflow_jax.rewards.labeler import Labels, label_report, label_text
+from radflow_jax.rewards.labeler import CONVENTIONS, Labels, label_report, label_text
 from radflow_jax.schema import MODALITIES, Schema, get_schema
 
 _MODALITY = flags.DEFINE_enum("modality", None, list(MODALITIES), "Observation schema to label for.")
@@ -142,7 +144,7 @@ def label_records(records: list[Record], schema: Schema, sections: bool, path: s
     """Output objects for ``records``, in order (see the module docstring for their shape)."""
     for rid, text, line in records:
         if not sections:
-            yield {"id": rid, "labels": _values(label_text(text, schema), schema)}
+            yield {"id": rid, "labels": _values(label_text(text, schema), schema), "conventions": CONVENTIONS}
             continue
         try:
             parts = label_report(text, schema)
@@ -150,7 +152,7 @@ def label_records(records: list[Record], schema: Schema, sections: bool, path: s
             raise InputError(f"{path}:{line}: id {rid!r}: cannot split into sections: {e}") from None
         yield {"id": rid, "labels": _values(parts["report"], schema),
                "findings": _values(parts["findings"], schema),
-               "impression": _values(parts["impression"], schema)}
+               "impression": _values(parts["impression"], schema), "conventions": CONVENTIONS}
 
 
 def main(argv: list[str]) -> None:

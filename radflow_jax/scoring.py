@@ -4,7 +4,8 @@
 same greedy settings for every stage (so ``eval/sft.json`` and ``eval/rl.json`` compare like with
 like) and writes ``DIR/eval/<stage>.json`` with per-case predictions and the metrics of DESIGN §4.
 ``score_files`` scores any system's R2Gen-format output. The CLI is ``radflow_jax.evaluate``.
-Every result names the NLG normaliser (``"normalize"``, see ``metrics.NORMALIZERS``) that made it.
+Every result names the NLG normaliser (``"normalize"``, see ``metrics.NORMALIZERS``) and the labeling
+conventions (``"labeler"``, ``docs/labeling.md``) that made it.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def score(
     references) where given, through the ``normalize`` normaliser; labels come from the rule
     labeler on the whole report; the consistency rate compares the generated Findings with the
     generated Impression; ``gt_`` metrics compare the generated labels with ground truth where it
-    exists. ``result["normalize"]`` records the normaliser.
+    exists. ``result["normalize"]`` and ``result["labeler"]`` record the normaliser and the
+    labeling conventions that produced the numbers.
     """
     ids = sorted(references)
     missing = [i for i in ids if i not in predictions]
@@ -103,7 +105,7 @@ def score(
     ref_labels = labeler.label_array([report_text(r) for r in refs], schema)
     common5 = COMMON5 if schema.modality == "cxr" else None
     critical = [schema.index(c) for c in schema.critical]
-    result: dict = {"normalize": normalize}
+    result: dict = {"normalize": normalize, "labeler": labeler.CONVENTIONS}
     result.update(metrics_lib.nlg_scores({i: nlg_pred[i] for i in ids}, {i: nlg_ref[i] for i in ids},
                                          meteor=meteor, normalize=normalize))
     result.update(metrics_lib.ce_scores(pred_labels, ref_labels, schema.observations, common5=common5))

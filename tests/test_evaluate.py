@@ -13,6 +13,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
 from radflow_jax.data.synthetic import generate_case
+from radflow_jax.rewards import labeler
 from radflow_jax.schema import get_schema
 from radflow_jax.scoring import score_files
 
@@ -68,6 +69,7 @@ def test_score_files_normalizers(files):
     ours = score_files(*args, meteor=False)
     r2gen = score_files(*args, meteor=False, normalize="r2gen_iu")
     assert ours["normalize"] == "radflow" and r2gen["normalize"] == "r2gen_iu"
+    assert ours["labeler"] == r2gen["labeler"] == labeler.CONVENTIONS
     assert ours["Bleu_1"] != pytest.approx(r2gen["Bleu_1"], abs=1e-6)  # synthetic text has "50-69%" etc.
     assert ours["ce14_micro_f1"] == r2gen["ce14_micro_f1"]  # labels read the raw text either way
 

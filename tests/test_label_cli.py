@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from radflow_jax.rewards.labeler import CONVENTIONS
 from radflow_jax.schema import get_schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +38,7 @@ def test_jsonl_to_stdout_every_observation_present(tmp_path):
     assert rows[0]["labels"]["Pleural Effusion"] == 0 and rows[0]["labels"]["Pneumothorax"] == 1
     assert rows[0]["labels"]["No Finding"] is None and rows[0]["labels"]["Cardiomegaly"] is None
     assert rows[1]["labels"]["No Finding"] == 1 and "findings" not in rows[1]
+    assert all(r["conventions"] == CONVENTIONS for r in rows)  # what produced the labels
     assert "labeled 2 report(s)" in result.stderr
 
 

@@ -5,7 +5,9 @@
 ``--reports``: ``NLMCXR_reports.tgz`` or the ``torchxrayvision`` 1.5.7 wheel that holds it
 (``pip download --no-deps torchxrayvision==1.5.7 -d DIR``); default ``$RADFLOW_OPENI_REPORTS``,
 else ``~/.cache/radflow_jax/openi/NLMCXR_reports.tgz``. Prints, for the dev set
-(``tests/rewards/openi_devset.json``, labeled by hand under ``docs/labeling.md``), per-observation
+(``tests/rewards/openi_devset.json``, labeled by hand under ``docs/labeling.md``; or
+``--devset=tests/rewards/openi_heldout.json``, reports never looked at while writing the rules),
+per-observation
 precision/recall of positive mentions, positive-mention micro-F1 over the 13 findings, negation
 and uncertain accuracy; then the agreement with Open-I's MeSH tags on every indexed report.
 ``--errors`` also lists each dev-set disagreement (report id, observation, hand vs labeler) with
@@ -56,7 +58,8 @@ def main(argv: list[str]) -> None:
     gold = openi_devset.gold_array(gold_labels, ids, schema)
     scores = openi_devset.devset_scores(gold, predicted, schema)
 
-    print(f"Dev set: {scores['reports']} Open-I reports labeled by hand (docs/labeling.md), {path}")
+    print(f"{os.path.basename(_DEVSET.value)}: {scores['reports']} Open-I reports labeled by hand "
+          f"(docs/labeling.md); labeler {labeler.CONVENTIONS}; text from {path}")
     print(f"{'observation':28s}{'precision':>10s}{'recall':>8s}{'f1':>7s}{'pos':>6s}{'neg':>6s}{'unc':>6s}")
     for obs, s in scores["per_observation"].items():
         print(f"{obs:28s}{s['precision']:10.3f}{s['recall']:8.3f}{s['f1']:7.3f}"

@@ -60,6 +60,8 @@ from radflow_jax.rewards.rules import Rule
 from radflow_jax.schema import LABEL_BLANK, NEGATIVE, POSITIVE, UNCERTAIN, Schema
 
 _FLAGS = re.IGNORECASE
+# Names the conventions labels follow, stored beside every number they produce (evaluate, label CLI).
+CONVENTIONS = "radflow-labeler/2 (docs/labeling.md)"
 
 
 @dataclasses.dataclass(frozen=True)

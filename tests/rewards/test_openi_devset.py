@@ -11,6 +11,7 @@ from radflow_jax.rewards import labeler, openi_devset
 from radflow_jax.schema import LABEL_BLANK, get_schema
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "openi_devset.json")
+HELDOUT = os.path.join(os.path.dirname(__file__), "openi_heldout.json")  # never used to write rules
 SCHEMA = get_schema("cxr")
 B = LABEL_BLANK
 
@@ -96,15 +97,17 @@ def real_text():
     return openi_devset.read_reports(path)
 
 
-def test_labeler_on_the_real_dev_set(real_text):
-    labels = openi_devset.load_devset(FIXTURE, SCHEMA)
+@pytest.mark.parametrize("fixture", [FIXTURE, HELDOUT])
+def test_labeler_on_the_real_dev_set(real_text, fixture):
+    labels = openi_devset.load_devset(fixture, SCHEMA)
     assert set(labels) <= set(real_text)
     ids = sorted(labels)
     gold = openi_devset.gold_array(labels, ids, SCHEMA)
     predicted = labeler.label_array([real_text[i].report for i in ids], SCHEMA)
     scores = openi_devset.devset_scores(gold, predicted, SCHEMA)
     assert scores["reports"] == len(ids)
-    # The goals of issue 15 (measured: micro-F1 0.987, negation 0.992, uncertain 0.949).
+    # The goals of issue 15. Measured: dev set micro-F1 0.987, negation 0.992, uncertain 0.949;
+    # held-out 0.970, 0.996, 0.909 (only 11 uncertain labels there).
     assert scores["micro_f1"] >= 0.90, scores["per_observation"]
     assert scores["negation_accuracy"] >= 0.95 and scores["uncertain_accuracy"] >= 0.75, scores
 
