@@ -12,6 +12,8 @@ precision/recall of positive mentions, positive-mention micro-F1 over the 13 fin
 and uncertain accuracy; then the agreement with Open-I's MeSH tags on every indexed report.
 ``--errors`` also lists each dev-set disagreement (report id, observation, hand vs labeler) with
 the report's text, for working on the rules (the text is printed, never written to the repo).
+Last, the carotid labeler on ``tests/rewards/carotid_handlabeled.json`` (reports written by hand):
+micro-F1 over the per-side SRU bands, on the set and on its held-out part.
 """
 
 from __future__ import annotations
@@ -30,10 +32,38 @@ _REPORTS = flags.DEFINE_string("reports", None, "NLMCXR_reports.tgz or the torch
 _DEVSET = flags.DEFINE_string("devset", os.path.join(_ROOT, "tests", "rewards", "openi_devset.json"),
                               "Hand labels (ids and labels only).")
 _ERRORS = flags.DEFINE_bool("errors", False, "List every dev-set disagreement with its report text.")
+_CAROTID = flags.DEFINE_string("carotid", os.path.join(_ROOT, "tests", "rewards", "carotid_handlabeled.json"),
+                               "Hand-written, hand-labeled carotid reports (text and labels).")
+BANDS = tuple(f"{side} {band}" for side in ("Right", "Left") for band in
+              ("Stenosis <50%", "Stenosis 50-69%", "Stenosis >=70%", "Near Occlusion", "Occlusion"))
 
 
 def _value(v: int) -> str:
     return "." if v == LABEL_BLANK else str(int(v))
+
+
+def _carotid() -> None:
+    """The carotid labeler on the hand-written set: micro-F1 over the per-side SRU bands."""
+    schema = get_schema("carotid")
+    try:
+        reports = openi_devset.load_handwritten(_CAROTID.value, schema)
+    except ValueError as e:
+        sys.exit(f"labeler_devset: {e}")
+    print(f"\nCarotid: {_CAROTID.value} (hand-written; held-out = written after the rules)")
+    print(f"{'subset':12s}{'reports':>8s}{'band micro-F1':>15s}{'precision':>10s}{'recall':>8s}{'neg acc':>9s}{'unc acc':>9s}")
+    for name, held in (("set", False), ("held-out", True)):
+        ids = [k for k, (_, _, h) in reports.items() if h == held]
+        gold = openi_devset.gold_array({k: reports[k][1] for k in ids}, ids, schema)
+        predicted = labeler.label_array([reports[k][0] for k in ids], schema)
+        s = openi_devset.devset_scores(gold, predicted, schema, columns=BANDS)
+        print(f"{name:12s}{len(ids):8d}{s['micro_f1']:15.3f}{s['micro_precision']:10.3f}{s['micro_recall']:8.3f}"
+              f"{s['negation_accuracy']:9.3f}{s['uncertain_accuracy']:9.3f}")
+        if _ERRORS.value:
+            for i, rid in enumerate(ids):
+                wrong = [(o, gold[i, k], predicted[i, k]) for k, o in enumerate(schema.observations)
+                         if gold[i, k] != predicted[i, k]]
+                if wrong:
+                    print(f"  {rid}: " + ", ".join(f"{o} {_value(g)}->{_value(p)}" for o, g, p in wrong))
 
 
 def main(argv: list[str]) -> None:
@@ -89,6 +119,7 @@ def main(argv: list[str]) -> None:
         print(f"{obs:28s}{s['mesh']:6d}{s['labeler']:9d}{s['both']:6d}{s['precision']:10.3f}"
               f"{s['recall']:8.3f}{s['f1']:7.3f}")
     print(f"({time.perf_counter() - start:.1f}s to label {len(ids) + len(indexed)} reports)")
+    _carotid()
 
 
 if __name__ == "__main__":

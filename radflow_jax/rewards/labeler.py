@@ -40,8 +40,10 @@ parser is available here):
 
 Carotid observations are per side: a mention takes the nearest laterality word of its sentence
 ("right", "left", "bilateral"/"both" → both sides), else the side carried over from the last
-sentence that named one side (``RIGHT:`` paragraphs); a section header resets it. A mention whose
-side stays unknown is dropped.
+sentence that named a side (``RIGHT:`` paragraphs; "bilateral", "both", "either" and "right
+greater than left" name both); a section header resets it, and a mention with no side at all
+("IMPRESSION: No stenosis.") concerns both sides. A side that states no band at all gets the SRU
+band of its ICA peak systolic velocity (``_velocity_bands``).
 """
 
 from __future__ import annotations
@@ -164,7 +166,8 @@ _DISCLAIMER = _alternation((
 # A comma links only bare list items ("atelectasis, infiltrate and/or effusion"), so "opacity,
 # probable atelectasis or scarring" keeps its opacity.
 _LINK = re.compile(r"\s*,\s*|\s*(?P<alt>or|and/or|versus|vs\.?|/)\s*(?:[\w-]+\s+){0,3}?", _FLAGS)
-_SIDE_WORD = re.compile(r"\b(right|left|bilateral(?:ly)?|both)\b", _FLAGS)
+_SIDE_WORD = re.compile(r"\b((?:right|left) (?:greater|worse|more) than (?:left|right)|right|left|bilateral(?:ly)?"
+                        r"|both|either)\b", _FLAGS)
 _HEADER = re.compile(r"\s*(?:\d+\.\s*)?([A-Z][A-Z /]+):")
 
 
@@ -298,9 +301,8 @@ def _sides(text: str, sentences: list[tuple[int, int]]) -> list[tuple[list[tuple
             carry = None
         words = [(m.start(), m.group(1).lower()) for m in _SIDE_WORD.finditer(text, a, b)]
         out.append((words, carry))
-        named = [w for _, w in words if w in ("right", "left")]
-        if named:
-            carry = named[-1]
+        if words:
+            carry = words[-1][1]
     return out
 
 
@@ -308,8 +310,6 @@ def _mention_sides(start: int, words: list[tuple[int, str]], carry: str | None) 
     before = [w for p, w in words if p < start]
     after = [w for p, w in words if p >= start]
     word = before[-1] if before else after[0] if after else carry
-    if word is None:
-        return ()
     if word in ("right", "left"):
         return (word.capitalize(),)
     return ("Right", "Left")
@@ -331,6 +331,40 @@ def _aggregate(mentions: Sequence[Mention], schema: Schema) -> dict[str, int | N
     if "No Finding" in values:
         values["No Finding"] = POSITIVE if mentions and not abnormal else None
     return values
+
+
+_ICA_PSV = re.compile(phrases_carotid.ICA_PSV, _FLAGS)
+_BAND_NAMES = ("Stenosis <50%", "Stenosis 50-69%", "Stenosis >=70%", "Near Occlusion", "Occlusion")
+
+
+def _velocity_bands(text: str, sentences: list[tuple[int, int]], sides: list, mentions: list[Mention]) -> list[Mention]:
+    """The SRU band of a side's highest ICA peak systolic velocity, for a side that states no band.
+
+    ``phrases_carotid``: > ``SRU_PSV_70`` cm/s is >= 70 %, from ``SRU_PSV_50`` 50-69 %, below it
+    < 50 % when the side has plaque (a plaque-free vessel below it is normal, no band).
+    """
+    stated = {m.observation.split(" ", 1)[0] for m in mentions if m.observation.split(" ", 1)[1] in _BAND_NAMES}
+    plaque = {m.observation.split(" ", 1)[0] for m in mentions if m.observation.endswith("Plaque") and m.value == POSITIVE}
+    best: dict[str, tuple[float, re.Match, tuple[int, int]]] = {}
+    starts = [a for a, _ in sentences]
+    for m in _ICA_PSV.finditer(text):
+        k = bisect.bisect_right(starts, m.start()) - 1
+        for side in _mention_sides(m.start(), *sides[k]):
+            psv = float(m.group("num"))
+            if side not in stated and (side not in best or psv > best[side][0]):
+                best[side] = (psv, m, sentences[k])
+    out = []
+    for side, (psv, m, sentence) in best.items():
+        if psv > phrases_carotid.SRU_PSV_70:
+            band = "Stenosis >=70%"
+        elif psv >= phrases_carotid.SRU_PSV_50:
+            band = "Stenosis 50-69%"
+        elif side in plaque:
+            band = "Stenosis <50%"
+        else:
+            continue
+        out.append(Mention(f"{side} {band}", POSITIVE, m.start(), m.end(), *sentence))
+    return out
 
 
 def _alternatives(text: str, mentions: list[Mention]) -> list[Mention]:
@@ -390,6 +424,8 @@ def label_text(text: str, schema: Schema) -> Labels:
                 found = _mention_sides(m.start(), *sides[k])
                 names = tuple(n.format(side=s) for s in found for n in names)
             mentions += [Mention(n, value, m.start(), m.end(), *sentence) for n in names]
+    if sided:
+        mentions += _velocity_bands(text, sentences, sides, mentions)
     mentions.sort(key=lambda x: (x.start, x.end, schema.index(x.observation)))
     mentions = _alternatives(text, mentions)
     return Labels(_aggregate(mentions, schema), tuple(mentions))

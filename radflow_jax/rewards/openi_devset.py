@@ -5,7 +5,9 @@ reader gives them under ``docs/labeling.md``; the text comes from the ``torchxra
 wheel (``torchxrayvision/data/NLMCXR_reports.tgz``, or the wheel itself), never from this
 repository. ``devset_scores`` measures a labeler against those labels and ``mesh_agreement``
 against the MeSH terms Open-I's indexers gave all 3,955 reports (a weak check: indexers tag what
-is present, hedged or not, and nothing that is absent). ``tools/labeler_devset.py`` prints both.
+is present, hedged or not, and nothing that is absent). ``load_handwritten`` reads the carotid
+counterpart, ``tests/rewards/carotid_handlabeled.json``: reports written by hand (so their text is
+in the repository) with their labels. ``tools/labeler_devset.py`` prints all of it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import re
 import tarfile
 import xml.etree.ElementTree as ET
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -137,6 +139,27 @@ def load_devset(path: str, schema: Schema) -> dict[str, dict[str, int]]:
     return labels
 
 
+def load_handwritten(path: str, schema: Schema) -> dict[str, tuple[str, dict[str, int], bool]]:
+    """``{id: (text, labels, held_out)}`` of a hand-written, hand-labeled set, validated."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            reports = json.load(f)["reports"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a hand-labeled set with a 'reports' object ({e!r})") from None
+    out = {}
+    for rid, row in reports.items():
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(row.get("labels"), dict):
+            raise ValueError(f"{path}: record {rid!r}: expected {{'text': str, 'labels': {{...}}}}")
+        for obs, value in row["labels"].items():
+            if obs not in schema.observations or obs == "No Finding":
+                raise ValueError(f"{path}: record {rid!r}: field {obs!r} is not an observation of "
+                                 f"{schema.modality} (No Finding follows from the others)")
+            if value not in (POSITIVE, NEGATIVE, UNCERTAIN) or isinstance(value, bool):
+                raise ValueError(f"{path}: record {rid!r}: field {obs!r}: {value!r} is not 1, 0 or -1")
+        out[rid] = (row["text"], row["labels"], bool(row.get("heldout", False)))
+    return out
+
+
 def gold_array(labels: Mapping[str, Mapping[str, int]], ids: list[str], schema: Schema) -> np.ndarray:
     """int8 ``[N, K]`` in schema order, blank where unlisted, No Finding by ``docs/labeling.md``."""
     out = np.full((len(ids), len(schema.observations)), LABEL_BLANK, np.int8)
@@ -156,23 +179,26 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
     return {"precision": p, "recall": r, "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0}
 
 
-def devset_scores(gold: np.ndarray, predicted: np.ndarray, schema: Schema) -> dict:
+def devset_scores(gold: np.ndarray, predicted: np.ndarray, schema: Schema,
+                  columns: Sequence[str] | None = None) -> dict:
     """The labeler's reading of the dev set against the hand labels, both ``[N, K]``.
 
     ``per_observation``: precision/recall/F1 of positive mentions (label 1) and the gold counts of
     each value; ``micro_f1`` (with ``micro_precision``/``micro_recall``): positive mentions over
-    the 13 findings (No Finding excluded, it follows from them); ``negation_accuracy``: share of
+    ``columns`` (default: every observation but No Finding, which follows from them; for carotid
+    the per-side stenosis bands); ``negation_accuracy``: share of
     gold negatives (0) the labeler calls 0; ``uncertain_accuracy``: share of gold uncertain (-1)
     it calls -1; ``no_finding_accuracy``: share of reports where its No Finding equals the gold.
     """
     if gold.shape != predicted.shape:
         raise ValueError(f"gold {gold.shape} and predicted {predicted.shape} labels differ in shape")
     cols = [k for k, o in enumerate(schema.observations) if o != "No Finding"]
+    micro_cols = cols if columns is None else [schema.index(o) for o in columns]
     per, totals = {}, np.zeros(3, int)
     for k in cols:
         g, p = gold[:, k], predicted[:, k]
         counts = np.array([((g == 1) & (p == 1)).sum(), ((g != 1) & (p == 1)).sum(), ((g == 1) & (p != 1)).sum()])
-        totals += counts
+        totals += counts if k in micro_cols else 0
         per[schema.observations[k]] = {**_prf(*counts.tolist()), "positive": int((g == 1).sum()),
                                        "negative": int((g == 0).sum()), "uncertain": int((g == -1).sum())}
     micro = _prf(*totals.tolist())

@@ -319,7 +319,7 @@ def test_carotid_side_carries_over_until_the_other_side_is_named():
     ("Left CCA intima-media thickness 1.1 mm, possibly mildly thickened.", {"Left Intima-Media Thickening": -1}),
     ("Normal right intima-media thickness (0.8 mm).", {"Right Intima-Media Thickening": 0}),
     ("Normal bilateral carotid duplex ultrasound.", {"No Finding": 1}),
-    ("Small plaque in the bulb.", {"Right Plaque": None, "Left Plaque": None}),  # side unknown: dropped
+    ("Small plaque in the bulb.", {"Right Plaque": 1, "Left Plaque": 1}),  # no side anywhere: both
     ("80-99 % stenosis of the right ICA.", {"Right Stenosis >=70%": 1}),
     # a decoded out-of-vocabulary word ("approaching") ends in ">" but states no band
     ("Right ICA <unk> 70 % stenosis.", {"Right Stenosis >=70%": None}),
@@ -328,9 +328,39 @@ def test_carotid_bands_and_sides(text, expected):
     _check(text, expected, CAROTID)
 
 
+@pytest.mark.parametrize("text,expected", [  # real-style carotid phrasing (docs/labeling.md, carotid)
+    # SRU bands from the ICA peak systolic velocity, only where a side states no band
+    ("Right ICA peak systolic velocity 260 cm/s, end diastolic velocity 110 cm/s.", {"Right Stenosis >=70%": 1}),
+    ("Left ICA: PSV 135 cm/s, EDV 38 cm/s with moderate plaque.", {"Left Stenosis 50-69%": 1, "Left Plaque": 1}),
+    ("The left ICA peak systolic velocity is 85 cm/s with minimal plaque.", {"Left Stenosis <50%": 1}),
+    ("Right ICA PSV 90 cm/s. No plaque on the right.", {"Right Stenosis <50%": None, "Right Plaque": 0}),
+    ("Right CCA PSV 260 cm/s.", {"Right Stenosis >=70%": None}),  # not the ICA
+    ("Right ICA PSV 240 cm/s. Findings consistent with 50-69% right ICA stenosis.",
+     {"Right Stenosis 50-69%": 1, "Right Stenosis >=70%": None}),  # the stated band wins
+    # near-occlusion words; the other side's occlusion
+    ("The left ICA shows a string sign.", {"Left Near Occlusion": 1, "Left Occlusion": None}),
+    ("Near-complete occlusion of the left ICA.", {"Left Near Occlusion": 1, "Left Occlusion": None}),
+    ("Left ICA velocities may be falsely elevated due to contralateral occlusion.", {"Left Occlusion": None}),
+    # bilateral statements
+    ("No hemodynamically significant stenosis in either internal carotid artery.",
+     {"Right Stenosis >=70%": 0, "Left Stenosis 50-69%": 0}),
+    ("Right IMT 0.9 mm. No plaque bilaterally. No stenosis.", {"Left Stenosis <50%": 0, "Right Occlusion": 0}),
+    ("Right greater than left plaque burden.", {"Right Plaque": 1, "Left Plaque": 1}),
+    ("IMPRESSION: Minimal bilateral carotid plaque, less than 50 percent stenosis.",
+     {"Right Stenosis <50%": 1, "Left Stenosis <50%": 1}),
+    # bands in words and numbers
+    ("Left ICA with 50 to 69 percent stenosis.", {"Left Stenosis 50-69%": 1}),
+    ("Right carotid: stenosis of at least 50% cannot be excluded.", {"Right Stenosis 50-69%": -1}),
+    ("Hemodynamically significant stenosis of the right ICA, estimated at 70% or greater.", {"Right Stenosis >=70%": 1}),
+    ("Normal intima-media thickness bilaterally.", {"Right Intima-Media Thickening": 0, "Left Intima-Media Thickening": 0}),
+])
+def test_carotid_conventions(text, expected):
+    _check(text, expected, CAROTID)
+
+
 def test_carotid_section_header_resets_the_side():
     values = label_report("FINDINGS: RIGHT: Plaque in the bulb.\nIMPRESSION: Plaque.", CAROTID)["impression"].values
-    assert values["Right Plaque"] is None and values["Left Plaque"] is None
+    assert values["Right Plaque"] == 1 and values["Left Plaque"] == 1  # not carried: unsided, so both
 
 
 # ------------------------------------------------------------------------------ synthetic ground truth

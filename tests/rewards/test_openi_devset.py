@@ -70,6 +70,33 @@ def test_load_devset_rejects_bad_records(tmp_path, labels, message):
     assert str(path) in str(err.value)
 
 
+CAROTID = get_schema("carotid")
+CAROTID_SET = os.path.join(os.path.dirname(__file__), "carotid_handlabeled.json")
+BANDS = [o for o in CAROTID.observations if "Stenosis" in o or "Occlusion" in o]
+
+
+@pytest.mark.parametrize("held_out", [False, True])
+def test_carotid_labeler_on_hand_written_reports(held_out):
+    reports = openi_devset.load_handwritten(CAROTID_SET, CAROTID)
+    ids = [k for k, (_, _, h) in reports.items() if h == held_out]
+    assert len(ids) >= (20 if held_out else 60)
+    gold = openi_devset.gold_array({k: reports[k][1] for k in ids}, ids, CAROTID)
+    predicted = labeler.label_array([reports[k][0] for k in ids], CAROTID)
+    scores = openi_devset.devset_scores(gold, predicted, CAROTID, columns=BANDS)
+    # Issue 15's goal, micro-F1 >= 0.90 over the per-side bands (measured: set 1.000, held-out 0.966).
+    assert scores["micro_f1"] >= 0.90, scores["per_observation"]
+
+
+def test_load_handwritten_rejects_bad_records(tmp_path):
+    path = tmp_path / "car.json"
+    path.write_text(json.dumps({"reports": {"c1": {"text": "x", "labels": {"Right Gout": 1}}}}))
+    with pytest.raises(ValueError, match="record 'c1': field 'Right Gout' is not an observation of carotid"):
+        openi_devset.load_handwritten(str(path), CAROTID)
+    path.write_text(json.dumps({"reports": {"c1": {"labels": {}}}}))
+    with pytest.raises(ValueError, match="record 'c1': expected"):
+        openi_devset.load_handwritten(str(path), CAROTID)
+
+
 def test_mesh_terms_need_their_qualifier():
     assert openi_devset.mesh_present(("Cicatrix/lung/base/left",), "Lung Opacity")
     assert not openi_devset.mesh_present(("Cicatrix/pleura/apex",), "Lung Opacity")
