@@ -11,6 +11,7 @@ import os
 
 import ml_collections
 
+from radflow_jax.metrics import NORMALIZERS
 from radflow_jax.parallel import mesh as mesh_lib
 from radflow_jax import schema
 from radflow_jax.rewards import hierarchy, labeler_train
@@ -36,6 +37,9 @@ DEFAULT_RULES = (
     ("vit_mlp", "tensor"),
     ("positions", None),
     ("length", None),
+    ("layers", None),  # the stacked-layer axis of scanned blocks
+    ("patches", None),  # ViT activations' patch axis
+    ("cache_batch", ("data", "fsdp")),  # KV-cache rows (the rollout batch)
 )
 
 
@@ -95,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.size = "tiny"  # toy | tiny | small | base | 1b | 7b (models/policy.py SIZES)
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
+    c.model.logits_chunk = 0  # target positions per log-softmax chunk (0 = all at once; 1b/7b: 256)
     c.model.remat = "none"  # none | full | dots_saveable: what a block recomputes in the backward pass
 
     # Device mesh and logical-axis rules: every parameter and activation names its axes
@@ -145,6 +150,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.group_size = 8  # TRL num_generations
     c.rl.learning_rate = 5e-5
     c.rl.warmup_steps = 5
+    c.rl.min_lr_ratio = 1.0  # constant after warm-up
+    c.rl.weight_decay = 0.0
     c.rl.grad_clip = 1.0
     # Rollouts near the greedy decoding the evaluation uses: at 1.0 the tiny default model's samples
     # are far worse than its greedy reports, and GRPO spends the run cleaning them up (README).
@@ -199,6 +206,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 64
     c.eval.max_new_tokens = 0  # 0 -> data.max_target_len
     c.eval.num_cases = 0  # 0 -> the whole split
+    c.eval.normalize = "radflow"  # NLG text normaliser (metrics.NORMALIZERS); r2gen_iu / r2gen_mimic = R2Gen's cleaning
     c.eval.meteor = True  # pycocoevalcap METEOR needs Java (10-15 s start-up)
     return c
 
@@ -258,6 +266,21 @@ def _check(cond: bool, field: str, message: str) -> None:
         raise ConfigError(f"config.{field}: {message}")
 
 
+OPTIMIZER_FIELDS = ("num_steps", "learning_rate", "warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip")
+
+
+def check_optimizer(section: ml_collections.ConfigDict, name: str) -> None:
+    """The optimizer fields every training stage shares (``optim.make_optimizer`` reads them)."""
+    missing = [f for f in OPTIMIZER_FIELDS if f not in section]
+    _check(not missing, name, f"lacks optimizer fields {missing}")
+    _check(section.num_steps >= 0, f"{name}.num_steps", "must be >= 0")
+    _check(section.learning_rate > 0, f"{name}.learning_rate", "must be > 0")
+    _check(section.warmup_steps >= 0, f"{name}.warmup_steps", "must be >= 0")
+    _check(0 <= section.min_lr_ratio <= 1, f"{name}.min_lr_ratio", "must be in [0, 1]")
+    _check(section.weight_decay >= 0, f"{name}.weight_decay", "must be >= 0")
+    _check(section.grad_clip > 0, f"{name}.grad_clip", "must be > 0")
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Checks every field and cross-field rule; returns the config locked against new keys."""
     _check(config.modality in schema.MODALITIES, "modality", f"must be one of {schema.MODALITIES}")
@@ -296,6 +319,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(m.size in MODEL_SIZES, "model.size", f"must be one of {MODEL_SIZES}")
     _check(m.dtype in ("float32", "bfloat16"), "model.dtype", "must be 'float32' or 'bfloat16'")
     _check(m.remat in REMAT_POLICIES, "model.remat", f"must be one of {REMAT_POLICIES}")
+    _check(m.logits_chunk >= 0, "model.logits_chunk", "must be >= 0 (0 = one chunk)")
     shape = dict(config.mesh.shape)
     _check(set(shape) <= {"data", "fsdp", "tensor"}, "mesh.shape", "axes are data, fsdp, tensor")
     _check(list(shape.values()).count(-1) <= 1, "mesh.shape", "at most one axis may be -1")
@@ -303,21 +327,18 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         mesh_lib.validate_rules(config.mesh.rules)
     except ValueError as e:
         raise ConfigError(f"config.mesh.rules: {e}") from None
+    for name in ("vision", "sft", "rl", "labeler"):
+        check_optimizer(config[name], name)
     v = config.vision
     _check(v.num_steps >= 1 and v.batch_size >= 1, "vision.num_steps", ">= 1 (and vision.batch_size >= 1)")
     _check(v.labels in ("reports", "dataset"), "vision.labels", "must be 'reports' or 'dataset'")
-    _check(v.learning_rate > 0, "vision.learning_rate", "must be > 0")
     _check(v.log_every >= 1, "vision.log_every", "must be >= 1")
     _check(v.checkpoint_every >= 1 and v.keep_checkpoints >= 1, "vision.checkpoint_every",
            "and vision.keep_checkpoints must be >= 1")
-    _check(v.warmup_steps >= 0 and v.weight_decay >= 0 and v.grad_clip > 0, "vision.warmup_steps",
-           ">= 0, vision.weight_decay >= 0 and vision.grad_clip > 0")
     s = config.sft
-    _check(s.num_steps >= 0, "sft.num_steps", "must be >= 0")
     _check(s.batch_size >= 1, "sft.batch_size", "must be >= 1")
     _check(s.grad_accum >= 1, "sft.grad_accum", "must be >= 1")
     _check(s.batch_size % s.grad_accum == 0, "sft.grad_accum", "must divide sft.batch_size")
-    _check(s.learning_rate > 0, "sft.learning_rate", "must be > 0")
     _check(s.log_every >= 1 and s.checkpoint_every >= 1, "sft.log_every", "and checkpoint_every >= 1")
     try:
         labeler_train.check_labeler_config(config.labeler)
@@ -341,6 +362,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     e = config.eval
     _check(e.split in ("train", "val", "test"), "eval.split", "must be train, val or test")
     _check(e.batch_size >= 1, "eval.batch_size", "must be >= 1")
+    _check(e.normalize in NORMALIZERS, "eval.normalize", f"must be one of {NORMALIZERS}")
     _check(e.max_new_tokens >= 0 and e.num_cases >= 0, "eval.max_new_tokens", "and num_cases >= 0")
     config.lock()
     return config

@@ -24,6 +24,7 @@ from absl import app, flags
 from flax import nnx
 
 from radflow_jax.metrics import NORMALIZERS
+from radflow_jax.parallel import distributed
 from radflow_jax.schema import get_schema
 from radflow_jax.scoring import evaluate_policy, score_files
 
@@ -47,6 +48,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if bool(_WORKDIR.value) == bool(_PREDICTIONS.value or _REFERENCES.value):
         raise app.UsageError("give either --workdir, or --predictions and --references")
+    try:  # multi-host: every process decodes its rows, process 0 scores and writes
+        distributed.initialize_from_flags()
+    except distributed.DistributedError as e:
+        sys.exit(f"distributed: {e}")
     meteor = not _NO_METEOR.value
     if _WORKDIR.value:
         from radflow_jax.data import prepare as prepare_lib
@@ -55,7 +60,7 @@ def main(argv: list[str]) -> None:
         config, _, run, state, stage, step = load_run(_WORKDIR.value, _STAGE.value)
         config.eval.meteor = config.eval.meteor and meteor
         data = prepare_lib.prepare_data(config, _WORKDIR.value)
-        graphdef, params = nnx.split(run.policy(state))
+        graphdef, params = nnx.split(run.train.policy(state))
         result = evaluate_policy(graphdef, params, data, config, _WORKDIR.value, stage=stage,
                                  step=step, device_batch=run.device_batch, normalize=_NORMALIZE.value)
     else:

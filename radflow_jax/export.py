@@ -9,9 +9,12 @@ same command on every host; the shards are gathered and host 0 writes the folder
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags
 
 from radflow_jax.hf import export
+from radflow_jax.parallel import distributed
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by radflow_jax.train.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Folder to write the Hugging Face model into.", required=True)
@@ -26,6 +29,10 @@ _SHARD_MB = flags.DEFINE_integer(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        distributed.initialize_from_flags()
+    except distributed.DistributedError as e:
+        sys.exit(f"distributed: {e}")
     stage, step = export.export_run(
         _WORKDIR.value, _OUT.value, stage=_STAGE.value, step=_STEP.value, dtype=_DTYPE.value,
         max_shard_bytes=_SHARD_MB.value * 10**6,

@@ -22,6 +22,7 @@ from radflow_jax.data.sections import parse_target
 from radflow_jax.data.tokenizer import ReportTokenizer
 from radflow_jax.rl.sampling import sample
 from radflow_jax.scoring import report_text
+from radflow_jax.sft import vision
 from radflow_jax.sft.trainer import SFTRun
 
 
@@ -29,7 +30,8 @@ def load_run(workdir: str, stage: str | None = None, step: int | None = None):
     """(config, tokenizer, run, state, stage, step) of a workdir checkpoint (newest stage/step by default).
 
     ``stage`` defaults to ``rl`` when the workdir has RL checkpoints, else ``sft``; ``step`` to the
-    latest. The RL and SFT train states share one layout, so one ``SFTRun`` restores both.
+    latest. The RL and SFT train states share one layout (``runtime.PolicyTrainState``), so one
+    ``SFTRun`` restores both; the layout depends on which modules the run froze.
     """
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
         config = config_lib.from_saved(json.load(f))
@@ -38,10 +40,10 @@ def load_run(workdir: str, stage: str | None = None, step: int | None = None):
     found = [s for s in stages if os.path.isdir(os.path.join(workdir, "checkpoints", s))]
     if not found:
         raise FileNotFoundError(f"no checkpoints for {stages} under {workdir}/checkpoints")
-    run = SFTRun(config, tokenizer.vocab_size)
+    run = SFTRun(config, tokenizer.vocab_size, frozen=vision.frozen_modules(config, workdir))
     directory = os.path.join(workdir, "checkpoints", found[0])
     with ckpt_lib.Checkpointer(directory, save_every=1, keep=1) as checkpointer:
-        state, step = checkpointer.restore(run.abstract_state, step=step)
+        state, step = checkpointer.restore(run.train.abstract_state, step=step)
     return config, tokenizer, run, state, found[0], step
 
 
@@ -70,7 +72,7 @@ def generate_reports(
         max_target_len=d.max_target_len, prompt=d.prompt, train=False, seed=seed,
         process_index=0, process_count=1,
     )
-    graphdef, params = nnx.split(run.policy(state))
+    graphdef, params = nnx.split(run.train.policy(state))
     reports = [""] * len(records)
     for batch in dataset:
         out = sample(

@@ -25,6 +25,7 @@ from flax import nnx
 from radflow_jax import metrics as metrics_lib
 from radflow_jax.data import prepare
 from radflow_jax.data.sections import Sections, parse_target
+from radflow_jax.parallel import distributed
 from radflow_jax.rewards import consistency, labeler
 from radflow_jax.schema import Schema
 from radflow_jax.rl.sampling import sample
@@ -44,7 +45,11 @@ def generate_split(
     config: ml_collections.ConfigDict,
     device_batch,
 ) -> dict[str, str]:
-    """Greedy report per case of ``config.eval.split``: {case id: generated target text}."""
+    """Greedy report per case of ``config.eval.split``: {case id: generated target text}.
+
+    Every process decodes its rows of each global batch; the tokens are gathered, so every
+    process returns the whole split.
+    """
     e = config.eval
     records = data.splits[e.split]
     if e.num_cases:
@@ -55,7 +60,7 @@ def generate_split(
     dataset = prepare.make_split_dataset(subset, config, e.split, train=False, batch_size=e.batch_size)
     max_new = e.max_new_tokens or config.data.max_target_len
     out: dict[str, str] = {}
-    for batch in dataset:
+    for i, batch in enumerate(dataset):
         result = sample(
             graphdef,
             params,
@@ -66,10 +71,12 @@ def generate_split(
             eos_id=data.tokenizer.eos_id,
             pad_id=data.tokenizer.pad_id,
         )
-        tokens = np.asarray(jax.device_get(result.tokens))
-        for row, index in enumerate(batch["index"]):
+        tokens = distributed.to_host(result.tokens)
+        for row, index in enumerate(distributed.gather_rows(batch["index"])):
             if index >= 0:
                 out[records[index].id] = data.tokenizer.decode(tokens[row])
+        distributed.progress(f"eval batch {i + 1}")
+    distributed.idle()
     return out
 
 
@@ -138,11 +145,15 @@ def evaluate_policy(
 ) -> dict:
     """Decodes and scores the eval split; writes ``DIR/eval/<stage>.json``; returns the metrics.
 
+    Multi-host: every process decodes, process 0 alone scores and writes (the others return {}).
+
     ``normalize`` (``metrics.NORMALIZERS``): the NLG normaliser; ``None`` means the run's default,
     ``metrics.DEFAULT_NORMALIZE`` until the config carries one.
     """
     start = time.perf_counter()
     generated = generate_split(graphdef, params, data, config, device_batch)
+    if not distributed.is_writer():
+        return {}
     records = {r.id: r for r in data.splits[config.eval.split] if r.id in generated}
     predictions = {i: parse_target(t) for i, t in generated.items()}
     references = {i: Sections(r.findings, r.impression) for i, r in records.items()}
@@ -151,7 +162,7 @@ def evaluate_policy(
     meteor = config.eval.meteor and shutil.which("java") is not None
     if config.eval.meteor and not meteor:
         logging.warning("METEOR skipped: pycocoevalcap's METEOR needs Java, which is not installed")
-    normalize = metrics_lib.DEFAULT_NORMALIZE if normalize is None else normalize
+    normalize = config.eval.normalize if normalize is None else normalize
     result = score(predictions, references, data.schema, ground_truth=ground_truth, meteor=meteor,
                    normalize=normalize)
     cases = [

@@ -31,6 +31,7 @@ from ml_collections import config_flags
 from radflow_jax import config as config_lib
 from radflow_jax import checkpoint as ckpt_lib
 from radflow_jax.data import prepare
+from radflow_jax.parallel import distributed
 from radflow_jax.scoring import evaluate_policy
 from radflow_jax.rewards import labeler, labeler_train
 from radflow_jax.rl.trainer import RLRun, run_rl
@@ -50,10 +51,18 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (default: runs/<moda
 
 
 def run_data_stage(config: ml_collections.ConfigDict, workdir: str) -> prepare.PreparedData:
-    """Prepares the data and pulls one training batch, so input problems surface before training."""
+    """Prepares the data and pulls one training batch, so input problems surface before training.
+
+    Process 0 generates or checks the dataset and fits the tokenizer; the others wait, then read
+    what it wrote (every process needs every record: the pipeline picks each one's rows).
+    """
     start = time.time()
-    data = prepare.prepare_data(config, workdir)
-    it = iter(prepare.make_split_dataset(data, config, "train", train=True, batch_size=8))
+    if distributed.is_writer():
+        data = prepare.prepare_data(config, workdir)
+    distributed.barrier("data prepared")
+    if not distributed.is_writer():
+        data = prepare.prepare_data(config, workdir)
+    it = iter(prepare.make_split_dataset(data, config, "train", train=True, batch_size=8 * jax.process_count()))
     batch = next(it)
     close = getattr(it, "close", None)
     if close is not None:
@@ -70,13 +79,17 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax/jax INFO lines would drown the progress bar
+    distributed.initialize_from_flags()
     config = config_lib.validate(_CONFIG.value)
     workdir = config_lib.resolve_workdir(config, _WORKDIR.value)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+    if distributed.is_writer():
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=1, sort_keys=True))
     logging.info("workdir %s on %s", workdir, jax.devices())
-    print(f"RadFlow-JAX · {config.modality} · stages {list(config.stages)} · workdir {workdir}")
+    processes = f" · {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    print(f"RadFlow-JAX · {config.modality} · stages {list(config.stages)} · {jax.device_count()} devices"
+          f"{processes} · workdir {workdir}")
     data = run_data_stage(config, workdir)
     if "vision" in config.stages and config.init.from_hf:
         print(f"[vision] skipped: the tower comes trained from init.from_hf={config.init.from_hf}")
@@ -88,7 +101,7 @@ def main(argv: list[str]) -> None:
         warm = None if config.init.from_hf else vision.load_classifier(config, workdir, data)
         sft_run, sft_state = run_sft(config, workdir, data, warm_vision=warm, frozen=frozen)
     if "rl" in config.stages or "eval" in config.stages:
-        sft_run, sft_state, sft_step = _latest(config, workdir, data, "sft", sft_run, sft_state)
+        sft_run, sft_state, sft_step = _latest(config, workdir, data, "sft", sft_run, sft_state, frozen)
     if "eval" in config.stages:
         _eval_once(config, workdir, data, sft_run, sft_state, stage="sft", step=sft_step)
     if "labeler" in config.stages:
@@ -98,18 +111,19 @@ def main(argv: list[str]) -> None:
         label_fn = labeler.label_array
         if config.labeler.backend == "net":  # restores the trained labeler (trains it if missing)
             label_fn = labeler_train.net_labeler(config, workdir, data).label_array
-        rl_run, rl_state = run_rl(config, workdir, data, sft_run.policy_state(sft_state), label_fn, frozen)
+        rl_run, rl_state = run_rl(config, workdir, data, sft_run.train.policy_state(sft_state), label_fn, frozen)
     if "eval" in config.stages and (rl_state is not None or _has_checkpoint(workdir, "rl")):
-        rl_run, rl_state, rl_step = _latest(config, workdir, data, "rl", rl_run, rl_state)
+        rl_run, rl_state, rl_step = _latest(config, workdir, data, "rl", rl_run, rl_state, frozen)
         _eval_once(config, workdir, data, rl_run, rl_state, stage="rl", step=rl_step)
-        _print_comparison(workdir)
+        if distributed.is_writer():
+            _print_comparison(workdir)
 
 
 def _has_checkpoint(workdir: str, stage: str) -> bool:
     return os.path.isdir(os.path.join(workdir, "checkpoints", stage))
 
 
-def _latest(config, workdir, data, stage: str, run, state):
+def _latest(config, workdir, data, stage: str, run, state, frozen: tuple[str, ...]):
     """The policy a stage just trained, or restored from the workdir (eval-only runs)."""
     directory = os.path.join(workdir, "checkpoints", stage)
     with ckpt_lib.Checkpointer(directory, save_every=1, keep=1) as checkpointer:
@@ -117,8 +131,8 @@ def _latest(config, workdir, data, stage: str, run, state):
         if step is None:
             raise SystemExit(f"no {stage} checkpoint in {directory}; run the {stage} stage first")
         if state is None:
-            run = (RLRun if stage == "rl" else SFTRun)(config, data.tokenizer.vocab_size)
-            state, step = checkpointer.restore(run.abstract_state)
+            run = (RLRun if stage == "rl" else SFTRun)(config, data.tokenizer.vocab_size, frozen=frozen)
+            state, step = checkpointer.restore(run.train.abstract_state)
     return run, state, step
 
 
@@ -143,7 +157,7 @@ def _eval_once(config, workdir, data, run, state, *, stage: str, step: int) -> N
             if json.load(f)["step"] == step:
                 print(f"[eval] {path} is up to date (step {step})")
                 return
-    graphdef, params = nnx.split(run.policy(state))
+    graphdef, params = nnx.split(run.train.policy(state))
     metrics = evaluate_policy(
         graphdef, params, data, config, workdir, stage=stage, step=step, device_batch=run.device_batch
     )
@@ -157,6 +171,8 @@ def run() -> None:
         app.run(main)
     except (config_lib.ConfigError, flags.IllegalFlagValueError) as e:
         sys.exit(f"config error: {e}")
+    except distributed.DistributedError as e:
+        sys.exit(f"distributed: {e}")
 
 
 if __name__ == "__main__":

@@ -190,8 +190,8 @@ def make_dataset(
 ) -> grain.IterDataset:
     """The Grain dataset of batches of ``records`` for this process (layout: module docstring).
 
-    ``batch_size`` is global; each process yields ``batch_size // process_count`` rows of its own
-    disjoint share of the records. Training repeats forever, reshuffled (and re-augmented) each
+    ``batch_size`` is global; each process yields its ``batch_size // process_count`` rows of every
+    global batch, and the global batches do not depend on the number of processes. Training repeats forever, reshuffled (and re-augmented) each
     epoch; augmentation never flips (laterality is part of the label). Evaluation is one pass in
     order, the last batch padded with ``valid=False`` rows (which still carry the prompt), and
     every process yields the same number of batches so multi-host steps stay in lockstep.
@@ -208,8 +208,8 @@ def make_dataset(
         raise ValueError(
             f"batch_size={batch_size} must be a positive multiple of process_count={process_count}"
         )
-    if len(records) < process_count:
-        raise ValueError(f"{len(records)} records cannot be shared by {process_count} processes")
+    if not len(records):
+        raise ValueError("no records to make a dataset of")
     if min(image_size, max_views, max_target_len) < 1:
         raise ValueError("image_size, max_views and max_target_len must be positive")
     local_batch = batch_size // process_count
@@ -223,18 +223,21 @@ def make_dataset(
         prompt=prompt_tokens(tokenizer, prompt, max_prompt_len),
         max_target_len=max_target_len,
     )
-    shard = np.arange(process_index, len(records), process_count)
+    # One global order for every process layout: the sequence is shuffled (and augmented) by
+    # global position, cut into chunks of ``local_batch``, and process p takes chunks p, p + P, ...
+    # — exactly rows [p·B_local, (p+1)·B_local) of each global batch, the order ``shard_batch``
+    # assembles. So N processes see the batches one process would, row for row.
+    positions = np.arange(len(records))
     if train:
-        shuffle_seed, augment_seed = np.random.SeedSequence([seed, process_index]).generate_state(2)
-        ds = grain.MapDataset.source(shard).shuffle(seed=int(shuffle_seed)).repeat().map(load)
+        shuffle_seed, augment_seed = np.random.SeedSequence([seed, 0]).generate_state(2)
+        ds = grain.MapDataset.source(positions).shuffle(seed=int(shuffle_seed)).repeat().map(load)
         if augment:
             ds = ds.random_map(AugmentImages(), seed=int(augment_seed))
     else:
-        per_process = math.ceil(len(records) / process_count)
-        padded = math.ceil(per_process / local_batch) * local_batch
-        shard = np.concatenate([shard, np.full(padded - len(shard), -1)])
-        ds = grain.MapDataset.source(shard).map(load)
-    ds = ds.batch(local_batch, drop_remainder=True)
+        padded = math.ceil(len(records) / batch_size) * batch_size
+        positions = np.concatenate([positions, np.full(padded - len(records), -1)])
+        ds = grain.MapDataset.source(positions).map(load)
+    ds = ds.batch(local_batch, drop_remainder=True)[process_index::process_count]
     threads = 2 if num_workers == 0 else 1
     it_ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=threads, prefetch_buffer_size=_PREFETCH_BATCHES)

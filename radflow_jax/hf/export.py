@@ -269,7 +269,7 @@ def export_run(
 ) -> tuple[str, int]:
     """Exports a training workdir's checkpoint (latest of ``stage``, or ``step``); (stage, step)."""
     config, tokenizer, run, state, stage, step = load_run(workdir, stage, step)
-    params = host_params(nnx.state(run.policy(state), nnx.Param))
+    params = host_params(nnx.state(run.train.policy(state), nnx.Param))
     d = config.data
     stages = [s for s in ("sft", "rl") if os.path.isdir(os.path.join(workdir, "checkpoints", s))]
     if d.source == "synthetic":
@@ -282,7 +282,7 @@ def export_run(
         "hf_prompt": hf_prompt(tokenizer, d.prompt, d.max_views),
     }
     export_policy(
-        params, run.model_config, os.path.join(workdir, "tokenizer"), out_dir,
+        params, run.train.model_config, os.path.join(workdir, "tokenizer"), out_dir,
         provenance=provenance, metrics=_eval_metrics(workdir, stage, int(step)), dtype=dtype,
         max_new_tokens=config.eval.max_new_tokens or d.max_target_len, max_shard_bytes=max_shard_bytes,
     )

@@ -43,6 +43,7 @@ from absl import logging
 from flax import nnx
 
 from radflow_jax import checkpoint as ckpt_lib
+from radflow_jax import optim
 from radflow_jax.data import formats, prepare
 from radflow_jax.data.tokenizer import ReportTokenizer, train_tokenizer
 from radflow_jax.models.labeler_net import (
@@ -97,7 +98,6 @@ def check_labeler_config(c: ml_collections.ConfigDict) -> None:
         (c.max_len >= MIN_BUCKET, "max_len", f"must be >= {MIN_BUCKET}"),
         (0.0 <= c.openi_holdout < 1.0, "openi_holdout", "must be in [0, 1)"),
         (c.num_steps >= 0 and c.batch_size >= 1, "num_steps", ">= 0 (and batch_size >= 1)"),
-        (c.learning_rate > 0, "learning_rate", "must be > 0"),
         (min(c.log_every, c.checkpoint_every, c.keep_checkpoints) >= 1, "log_every",
          "checkpoint_every and keep_checkpoints must be >= 1"),
         (c.eval_batch_size >= 1, "eval_batch_size", "must be >= 1"),
@@ -249,23 +249,6 @@ class Batches:
         return {"tokens": tokens, "mask": tokens != 0, "labels": self.corpus.labels[rows]}
 
 
-def make_optimizer(c: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW (no decay on vectors) with warm-up and cosine decay after global-norm clipping.
-
-    The SFT recipe without its policy-specific parts (per-tower learning rates).
-    """
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=c.learning_rate, warmup_steps=c.warmup_steps,
-        decay_steps=max(c.num_steps, c.warmup_steps + 1), end_value=c.learning_rate * c.min_lr_ratio,
-    )
-    decay = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
-    tx = optax.chain(
-        optax.clip_by_global_norm(c.grad_clip),
-        optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=c.weight_decay, mask=decay),
-    )
-    return tx, schedule
-
-
 def labeler_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean cross-entropy over every (text, observation) pair, with accuracy as an aux metric."""
     classes = labels_to_classes(labels)
@@ -299,7 +282,7 @@ class LabelerRun:
         self.mesh = mesh_lib.make_mesh(dict(config.mesh.shape))
         self.rules = tuple(config.mesh.rules)
         self.model_config = labeler_config(c.size, vocab_size, num_observations, c.dtype)
-        self.tx, self.schedule = make_optimizer(c)
+        self.tx, self.schedule = optim.make_optimizer(c)
 
         def create():
             model = LabelerNet(self.model_config, rngs=nnx.Rngs(config.seed))

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
-import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,13 +22,17 @@ import optax
 from flax import nnx
 
 from radflow_jax import checkpoint as ckpt_lib
+from radflow_jax import optim
 from radflow_jax.data import prepare
-from radflow_jax.models.policy import teacher_forced
+from radflow_jax.models.policy import token_scores
+from radflow_jax.parallel import distributed
 from radflow_jax.rewards import hierarchy, labeler
 from radflow_jax.rl import capo, grpo
 from radflow_jax.rl.sampling import sample
-from radflow_jax.run_log import RunLog
-from radflow_jax.sft.trainer import SFTRun, update_trainable, value_and_grad_trainable
+from radflow_jax.runtime import (
+    MODEL_KEYS, PolicyTrainState, Runtime, bucket_length, make_policy_config, value_and_grad_trainable,
+)
+from radflow_jax.train_loop import run_loop
 
 def max_new_tokens(config: ml_collections.ConfigDict) -> int:
     return config.rl.max_new_tokens or config.data.max_target_len
@@ -46,10 +49,10 @@ def rollout_batch(batch: Mapping[str, jax.Array], tokens, mask, group_size: int)
     return out
 
 
-def sequence_logprobs(graphdef, params, batch, tokens, mask, group_size: int) -> jax.Array:
+def sequence_logprobs(graphdef, params, batch, tokens, mask, group_size: int, chunk_size: int = 0) -> jax.Array:
     """log π(token) of each sampled token under ``params`` (the frozen reference here)."""
-    logp, _ = teacher_forced(nnx.merge(graphdef, params), rollout_batch(batch, tokens, mask, group_size))
-    return logp
+    tf_batch = rollout_batch(batch, tokens, mask, group_size)
+    return token_scores(nnx.merge(graphdef, params), tf_batch, chunk_size=chunk_size).logp
 
 
 def update_step(
@@ -63,15 +66,16 @@ def update_step(
     max_completion_length: int,
     mask_truncated_completions: bool,
     frozen: tuple[str, ...] = (),
+    chunk_size: int = 0,
 ) -> tuple[nnx.State, dict[str, jax.Array]]:
     """One optimizer update of the GRPO loss on a scored rollout (pure; jitted with donation)."""
     model, optimizer = nnx.merge(graphdef, state)
     tf_batch = rollout_batch(batch, rollout["tokens"], rollout["mask"], group_size)
 
     def loss_fn(m):
-        logp, logits = teacher_forced(m, tf_batch)
+        scores = token_scores(m, tf_batch, chunk_size=chunk_size)
         loss, aux = grpo.grpo_loss(
-            logp,
+            scores.logp,
             rollout["old_logp"],
             rollout["ref_logp"],
             rollout["advantages"],
@@ -85,53 +89,49 @@ def update_step(
             truncated=rollout["truncated"],
             mask_truncated_completions=mask_truncated_completions,
         )
-        probs = jax.nn.softmax(logits, axis=-1)
-        entropy = -(probs * jax.nn.log_softmax(logits, axis=-1)).sum(-1)
         mask = rollout["mask"]
-        aux = dict(aux, entropy=(entropy * mask).sum() / jnp.maximum(mask.sum(), 1))
+        aux = dict(aux, entropy=scores.entropy.sum() / jnp.maximum(mask.sum(), 1))
         return loss, aux
 
     (loss, aux), grads = value_and_grad_trainable(loss_fn, model, frozen)
-    update_trainable(optimizer, model, grads, frozen)
+    optimizer.update(model, grads)
     return nnx.state((model, optimizer)), dict(aux, loss=loss, grad_norm=optax.tree.norm(grads))
 
 
-class RLRun(SFTRun):
-    """SFTRun's model and shardings with the RL optimizer and jitted rollout/update functions."""
+class RLRun:
+    """The RL stage on devices: the runtime and policy state SFT uses too (so an SFT checkpoint
+    and an RL one restore alike), the RL optimizer, and the jitted rollout-scoring and update."""
 
-    def __init__(self, config: ml_collections.ConfigDict, vocab_size: int, frozen: tuple[str, ...] = ()):
+    def __init__(self, config: ml_collections.ConfigDict, vocab_size: int, frozen: Sequence[str] = ()):
         rl = config.rl
-        rl_as_sft = ml_collections.ConfigDict(
-            dict(
-                learning_rate=rl.learning_rate, warmup_steps=rl.warmup_steps, num_steps=rl.num_steps,
-                min_lr_ratio=1.0, weight_decay=0.0, grad_clip=rl.grad_clip, grad_accum=1,
-                length_bucket=config.sft.length_bucket,
-            )
-        )
-        super().__init__(config, vocab_size, optimizer_config=rl_as_sft, frozen=frozen)
+        self.config = config
+        self.runtime = Runtime(config)
+        self.tx, self.schedule = optim.make_optimizer(rl)
+        self.train = PolicyTrainState(self.runtime, make_policy_config(config, vocab_size), self.tx,
+                                      frozen=frozen, seed=config.seed)
         self.reward_fn = jax.jit(hierarchy.hierarchical_reward, static_argnums=1)
-        self.update_fn = jax.jit(
+        self.update_fn = self.runtime.jit_step(
             functools.partial(
                 update_step,
-                self.graphdef,
+                self.train.graphdef,
                 group_size=rl.group_size,
                 loss_type=rl.loss_type,
                 max_completion_length=max_new_tokens(config),
                 mask_truncated_completions=rl.mask_truncated_completions,
-                frozen=self.frozen,
+                frozen=self.train.frozen,
+                chunk_size=config.model.logits_chunk,
             ),
-            in_shardings=(self.shardings, None, None),
-            out_shardings=(self.shardings, None),
-            donate_argnums=0,
+            self.train.layout,
+            num_inputs=2,
         )
         self.ref_logp_fn = jax.jit(
-            functools.partial(sequence_logprobs, self.policy_def, group_size=rl.group_size)
+            functools.partial(sequence_logprobs, self.train.policy_def, group_size=rl.group_size,
+                              chunk_size=config.model.logits_chunk)
         )  # (reference policy variables, batch, tokens, mask) -> log-probs
 
-
-def _trim(tokens: np.ndarray, mask: np.ndarray, bucket: int) -> int:
-    longest = int(mask.sum(axis=1).max(initial=1))
-    return min(-(-longest // bucket) * bucket, tokens.shape[1]) if bucket else tokens.shape[1]
+    def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Model inputs as global arrays, targets trimmed to the global batch's length bucket."""
+        return self.runtime.device_batch(batch, MODEL_KEYS, length_bucket=self.config.sft.length_bucket)
 
 
 def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng, label_fn=labeler.label_array):
@@ -140,20 +140,24 @@ def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng, label_f
     g = rl.group_size
     device = run.device_batch(batch)
     out = sample(
-        run.policy_def, run.policy_state(state), device, rng=rng,
+        run.train.policy_def, run.train.policy_state(state), device, rng=rng,
         max_new_tokens=max_new_tokens(config), group_size=g,
         temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
         eos_id=data.tokenizer.eos_id, pad_id=data.tokenizer.pad_id,
     )
-    # The host needs the token ids for the labeler. Reference log-probs are dispatched before the
-    # host work starts, so the device computes them while the host decodes and labels.
-    tokens_np, mask_np = jax.device_get((out.tokens, out.mask))
-    length = _trim(tokens_np, mask_np, config.sft.length_bucket)
+    # The host needs the token ids for the labeler: every process gathers the whole rollout and
+    # labels all of it, so the reward, advantages and CAPO see every group. Reference log-probs
+    # are dispatched before the host work starts, so the devices compute them meanwhile.
+    tokens_np, mask_np = distributed.to_host(out.tokens), distributed.to_host(out.mask)
+    length = bucket_length(int(mask_np.sum(axis=1).max(initial=1)), config.sft.length_bucket, tokens_np.shape[1])
     tokens, mask = out.tokens[:, :length], out.mask[:, :length]
-    ref_logp = run.ref_logp_fn(ref_params, device, tokens, mask)
+    if rl.beta > 0:
+        ref_logp = run.ref_logp_fn(ref_params, device, tokens, mask)
+    else:  # no KL term at all: no reference pass (ref_params is None)
+        ref_logp = jnp.zeros(tokens.shape, jnp.float32)
     tokens_np, mask_np = tokens_np[:, :length], mask_np[:, :length]
     texts = [data.tokenizer.decode(t) for t in tokens_np]
-    ref_texts = [data.tokenizer.decode(t) for t in batch["target_tokens"]]
+    ref_texts = [data.tokenizer.decode(t) for t in distributed.to_host(device["target_tokens"])]
     gen_labels = hierarchy.host_labels(texts, data.schema, label_fn)
     ref_labels = hierarchy.host_labels(ref_texts, data.schema, label_fn)
     weights = capo.sentence_token_weights(
@@ -191,6 +195,17 @@ def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng, label_f
     return state, metrics
 
 
+def reference_params(policy: nnx.State, dtype: jnp.dtype, beta: float) -> nnx.State | None:
+    """The frozen KL reference: none at all when ``beta == 0``; floating variables kept in the
+    compute dtype (bf16 at scale: half the memory of a float32 copy, and the reference pass
+    computes in that dtype anyway)."""
+    if beta == 0:
+        return None
+    if dtype == jnp.float32:
+        return policy
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, policy)
+
+
 def run_rl(
     config: ml_collections.ConfigDict, workdir: str, data: prepare.PreparedData,
     sft_policy: nnx.State,
@@ -212,26 +227,18 @@ def run_rl(
     )
     step = checkpointer.latest_step() or 0
     if step:
-        state, step = checkpointer.restore(run.abstract_state, iterator=iterator)
+        state, step = checkpointer.restore(run.train.abstract_state, iterator=iterator)
         print(f"[rl] resumed from step {step}")
     else:
-        state = run.init_from_policy(sft_policy)
+        state = run.train.init_from_policy(sft_policy)
     key = jax.random.key(config.seed + 1)
-    with checkpointer, RunLog(workdir, "rl", total_steps=rl.num_steps, initial_step=step) as log, \
-            ckpt_lib.PreemptionGuard() as guard:
-        start = time.perf_counter()
-        while step < rl.num_steps:
-            batch = next(iterator)
-            state, metrics = rl_step(run, state, sft_policy, batch, reward_cfg, data,
-                                     jax.random.fold_in(key, step), label_fn)
-            step += 1
-            log.advance(step)
-            if step % rl.log_every == 0 or step == rl.num_steps:
-                log.write(step, jax.device_get(metrics), examples=rl.batch_size * rl.group_size)
-            ckpt_lib.save_or_stop(checkpointer, guard, step, num_steps=rl.num_steps, state=state,
-                                  iterator=iterator, config=config.to_dict(), stage="rl")
-        print(f"[rl] {rl.num_steps} steps done ({time.perf_counter() - start:.0f}s this run)")
-    close = getattr(iterator, "close", None)
-    if close is not None:
-        close()
+    reference = reference_params(sft_policy, run.train.model_config.compute_dtype, rl.beta)
+
+    def one_step(state, step):
+        return rl_step(run, state, reference, next(iterator), reward_cfg, data,
+                       jax.random.fold_in(key, step), label_fn)
+
+    state = run_loop("rl", workdir, run.runtime, state=state, step=step, num_steps=rl.num_steps, one_step=one_step,
+                     checkpointer=checkpointer, iterator=iterator, config=config.to_dict(),
+                     log_every=rl.log_every, examples_per_step=rl.batch_size * rl.group_size)
     return run, state

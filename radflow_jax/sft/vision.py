@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
@@ -39,11 +38,12 @@ from radflow_jax.data.prepare import target_text
 from radflow_jax.models.layers import Dense
 from radflow_jax.models.policy import PolicyConfig, Projector
 from radflow_jax.models.vit import VisionTransformer
-from radflow_jax.parallel import mesh as mesh_lib
+from radflow_jax import optim
+from radflow_jax.parallel import distributed
 from radflow_jax.rewards import hierarchy, labeler
 from radflow_jax.schema import LABEL_BLANK, Schema
-from radflow_jax.run_log import RunLog
-from radflow_jax.sft.trainer import make_optimizer, make_policy_config
+from radflow_jax.runtime import Runtime, make_policy_config
+from radflow_jax.train_loop import run_loop
 
 VISION_MODULES = ("vision_tower", "multi_modal_projector")
 
@@ -122,34 +122,32 @@ def report_labels(records: Sequence[Record], schema: Schema, source: str) -> lis
 
 
 class VisionRun:
-    """Sharded classifier, optimizer and jitted step for a config (like ``SFTRun``)."""
+    """The warm-up on devices: the shared runtime, the classifier's layout and the jitted step."""
+
+    KEYS = ("image", "view_mask", "labels")
 
     def __init__(self, config: ml_collections.ConfigDict, vocab_size: int, num_labels: int):
         self.config = config
-        self.mesh = mesh_lib.make_mesh(dict(config.mesh.shape))
-        self.rules = tuple(config.mesh.rules)
-        self.tx, self.schedule = make_optimizer(config.vision)
+        self.runtime = Runtime(config)
+        self.tx, self.schedule = optim.make_optimizer(config.vision)
         policy_cfg = make_policy_config(config, vocab_size)
 
         def create():
             model = VisionClassifier(policy_cfg, num_labels, rngs=nnx.Rngs(config.seed))
             return model, nnx.Optimizer(model, self.tx, wrt=nnx.Param)
 
-        self.graphdef, self.shardings, self.abstract_state = mesh_lib.abstract_sharded(create, self.mesh, self.rules)
         self._create = create
-        self.step_fn = jax.jit(functools.partial(train_step, self.graphdef),
-                               in_shardings=(self.shardings, None), out_shardings=(self.shardings, None),
-                               donate_argnums=0)
-        self.logits_fn = jax.jit(lambda state, image, view_mask: nnx.merge(self.graphdef, state)[0](image, view_mask))
+        self.layout = self.runtime.layout(create)
+        self.step_fn = self.runtime.jit_step(functools.partial(train_step, self.layout.graphdef), self.layout)
+        self.logits_fn = jax.jit(
+            lambda state, image, view_mask: nnx.merge(self.layout.graphdef, state)[0](image, view_mask)
+        )
 
     def init_state(self) -> nnx.State:
-        init = jax.jit(lambda: nnx.split(self._create())[1], out_shardings=self.shardings)
-        with jax.set_mesh(self.mesh):
-            return init()
+        return self.runtime.init(self.layout, self._create)
 
     def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-        keys = ("image", "view_mask", "labels")
-        return mesh_lib.shard_batch({k: batch[k] for k in keys}, self.mesh, self.rules)
+        return self.runtime.device_batch(batch, self.KEYS)
 
 
 def _with_labels(data: prepare.PreparedData, splits: dict) -> prepare.PreparedData:
@@ -163,18 +161,23 @@ def classifier_scores(
     split: str,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(logits [N, K], labels [N, K])`` of a classifier ``logits_fn(image, view_mask)`` on every
-    record of ``split`` (no jitter; padding rows dropped by the batch's ``valid`` mask)."""
+    record of ``split``, in record order on every process (inputs are global arrays sharded over
+    the batch; no jitter; padding rows dropped by the batch's ``valid`` mask)."""
     if not data.splits.get(split):
         raise ValueError(f"split {split!r} has no records")
     if any(r.labels is None for r in data.splits[split]):
         raise ValueError(f"split {split!r} has records without labels (set data.labels to a labels file)")
+    runtime = Runtime(config)
     it = prepare.make_split_dataset(data, config, split, train=False, batch_size=config.vision.batch_size)
     scores, labels = [], []
-    for batch in it:
-        logits = np.asarray(logits_fn(batch["image"], batch["view_mask"]))
-        valid = np.asarray(batch["valid"], bool)
+    for i, batch in enumerate(it):
+        device = runtime.device_batch(batch, ("image", "view_mask"))
+        logits = distributed.to_host(logits_fn(device["image"], device["view_mask"]))
+        valid = distributed.gather_rows(np.asarray(batch["valid"], bool))
         scores.append(logits[valid])
-        labels.append(np.asarray(batch["labels"])[valid])
+        labels.append(distributed.gather_rows(np.asarray(batch["labels"]))[valid])
+        distributed.progress(f"{split} scoring batch {i + 1}")
+    distributed.idle()
     return np.concatenate(scores), np.concatenate(labels)
 
 
@@ -225,33 +228,25 @@ def run_vision(config: ml_collections.ConfigDict, workdir: str, data: prepare.Pr
                                          keep=v.keep_checkpoints)
     step = checkpointer.latest_step() or 0
     if step:
-        state, step = checkpointer.restore(run.abstract_state, iterator=iterator)
+        state, step = checkpointer.restore(run.layout.abstract_state, iterator=iterator)
         print(f"[vision] resumed from step {step}")
     else:
         state = run.init_state()
-    with checkpointer, RunLog(workdir, "vision", total_steps=v.num_steps, initial_step=step) as log, \
-            ckpt_lib.PreemptionGuard() as guard:
-        start = time.perf_counter()
-        while step < v.num_steps:
-            state, metrics = run.step_fn(state, run.device_batch(next(iterator)))
-            step += 1
-            log.advance(step)
-            last = step == v.num_steps
-            if step % v.log_every == 0 or last:
-                metrics = jax.device_get(metrics)
-                metrics["learning_rate"] = run.schedule(step - 1)
-                if last and data.splits.get("val"):
-                    auc = validation_auc(run, state, data, "val")
-                    metrics["val_mean_auc"] = float(np.nanmean(list(auc.values())))
-                    metrics.update({f"val_auc/{k}": a for k, a in auc.items()})
-                log.write(step, metrics, examples=v.batch_size)
-            ckpt_lib.save_or_stop(checkpointer, guard, step, num_steps=v.num_steps, state=state,
-                                  iterator=iterator, config=config.to_dict(), stage="vision")
-        print(f"[vision] {v.num_steps} steps done ({time.perf_counter() - start:.0f}s this run)")
-    close = getattr(iterator, "close", None)
-    if close is not None:
-        close()
-    return state
+
+    def one_step(state, _):
+        return run.step_fn(state, run.device_batch(next(iterator)))
+
+    def on_log(step, state, row):
+        row["learning_rate"] = run.schedule(step - 1)
+        if step == v.num_steps and data.splits.get("val"):
+            auc = validation_auc(run, state, data, "val")
+            row["val_mean_auc"] = float(np.nanmean(list(auc.values())))
+            row.update({f"val_auc/{k}": a for k, a in auc.items()})
+        return row
+
+    return run_loop("vision", workdir, run.runtime, state=state, step=step, num_steps=v.num_steps, one_step=one_step,
+                    checkpointer=checkpointer, iterator=iterator, config=config.to_dict(),
+                    log_every=v.log_every, examples_per_step=v.batch_size, on_log=on_log)
 
 
 def _directory(workdir: str) -> str:
@@ -269,8 +264,8 @@ def load_classifier(
     with ckpt_lib.Checkpointer(directory, save_every=1, keep=1) as checkpointer:
         if checkpointer.latest_step() is None:
             return None
-        state, step = checkpointer.restore(run.abstract_state)
-    model, _ = nnx.merge(run.graphdef, state)
+        state, step = checkpointer.restore(run.layout.abstract_state)
+    model, _ = nnx.merge(run.layout.graphdef, state)
     print(f"[vision] warm tower from {directory} step {step}")
     return model
 

@@ -154,16 +154,27 @@ def test_eval_is_ordered_and_padded(data):
     )
 
 
-def test_processes_get_disjoint_shares(data):
-    records, _ = data
+def test_processes_split_each_global_batch_in_process_order(data):
+    """N processes' local batches, concatenated in process order, are one process's batches —
+    row for row, images (augmentation) included — so multi-host runs equal one-process runs."""
+    one_eval = _take(_dataset(data, train=False), None)
     evals = [_take(_dataset(data, train=False, process_index=p, process_count=2), None)
              for p in range(2)]
-    assert [len(e) for e in evals] == [2, 2]  # same step count on every process
-    shares = [{i for b in e for i in b["index"].tolist() if i >= 0} for e in evals]
-    assert shares[0].isdisjoint(shares[1]) and shares[0] | shares[1] == set(range(len(records)))
-    for p in range(2):  # training: one epoch of each process (3 records) covers its eval share
-        batches = _take(_dataset(data, batch_size=6, process_index=p, process_count=2), 1)
-        assert batches[0]["index"].shape == (3,) and set(batches[0]["index"].tolist()) == shares[p]
+    assert [len(e) for e in evals] == [len(one_eval)] * 2  # same step count on every process
+    for step, whole in enumerate(one_eval):
+        for key in ("index", "valid", "image", "target_tokens"):
+            np.testing.assert_array_equal(
+                np.concatenate([evals[p][step][key] for p in range(2)]), whole[key]
+            )
+    one = _take(_dataset(data, batch_size=4, seed=5), 3)  # crosses an epoch (6 records)
+    split = [_take(_dataset(data, batch_size=4, seed=5, process_index=p, process_count=2), 3)
+             for p in range(2)]
+    for step, whole in enumerate(one):
+        assert split[0][step]["index"].shape == (2,)
+        for key in ("index", "image", "target_mask"):
+            np.testing.assert_array_equal(
+                np.concatenate([split[p][step][key] for p in range(2)]), whole[key]
+            )
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:

@@ -76,7 +76,7 @@ def trained(tmp_path_factory):
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
         f.write(config.to_json_best_effort(indent=1, sort_keys=True))
     run = SFTRun(config, tokenizer.vocab_size)
-    state = run.init_state()
+    state = run.train.init_state()
     batch = run.device_batch(_batch(config, tokenizer, cases[:4]))
     for _ in range(STEPS):
         state, _ = run.step_fn(state, batch)
@@ -92,7 +92,7 @@ def trained(tmp_path_factory):
                           f"--step={STEPS}"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert f"exported sft step {STEPS}" in cli.stdout
-    params = export.host_params(nnx.state(run.policy(state), nnx.Param))
+    params = export.host_params(nnx.state(run.train.policy(state), nnx.Param))
     return dict(workdir=workdir, out=out, config=config, tokenizer=tokenizer, run=run, state=state,
                 params=params, images=images, batch=batch)
 
@@ -137,7 +137,7 @@ def test_logits_match_in_fp32_with_left_padding(trained, hf_model):
     model, processor = hf_model
     tok = trained["tokenizer"]
     prompts = ["chest x-ray frontal view", "chest x-ray"]  # different lengths -> left padding
-    ours = trained["run"].policy(trained["state"])
+    ours = trained["run"].train.policy(trained["state"])
     batch = _our_batch(trained, prompts)
     our_logits = np.asarray(ours(*(batch[k] for k in ("image", "view_mask", "prompt_tokens", "prompt_mask"))))
     texts = [export.hf_prompt(tok, p, 1) for p in prompts]
@@ -163,7 +163,7 @@ def test_greedy_generation_matches_ids_and_generate_cli(trained, hf_model):
     model, processor = hf_model
     tok, config, run = trained["tokenizer"], trained["config"], trained["run"]
     batch = _our_batch(trained, [config.data.prompt] * 2)
-    graphdef, params = nnx.split(run.policy(trained["state"]))
+    graphdef, params = nnx.split(run.train.policy(trained["state"]))
     ours = sample(graphdef, params, batch, rng=jax.random.key(0), max_new_tokens=MAX_NEW,
                   greedy=True, eos_id=tok.eos_id, pad_id=tok.pad_id)
     text = export.hf_prompt(tok, config.data.prompt, 1)
@@ -195,7 +195,7 @@ def test_readme_snippet_generates_the_same_report(trained, hf_model):
     _, processor = hf_model
     batch = _our_batch(trained, [trained["config"].data.prompt])
     batch = {k: v[:1] for k, v in batch.items()}
-    graphdef, params = nnx.split(trained["run"].policy(trained["state"]))
+    graphdef, params = nnx.split(trained["run"].train.policy(trained["state"]))
     ours = sample(graphdef, params, batch, rng=jax.random.key(0), max_new_tokens=MAX_NEW, greedy=True,
                   eos_id=tok.eos_id, pad_id=tok.pad_id)
     ids = np.asarray(ours.tokens[0, : int(ours.lengths[0])])
@@ -215,7 +215,7 @@ def test_round_trip_is_bit_identical(trained):
 
 def test_init_from_hf_fills_a_training_state(trained):
     run = trained["run"]
-    state = init_from_hf(run, trained["out"])
+    state = init_from_hf(run.train, trained["out"])
     model = convert.flatten(nnx.to_pure_dict(state)[0])
     for key, value in trained["params"].items():
         assert np.array_equal(np.asarray(model[key]), value), key
@@ -226,7 +226,7 @@ def test_init_from_hf_fills_a_training_state(trained):
 
 
 def test_bfloat16_and_sharded_files(trained, tmp_path):
-    cfg = trained["run"].model_config
+    cfg = trained["run"].train.model_config
     provenance = json.load(open(os.path.join(trained["out"], export.PROVENANCE_NAME), encoding="utf-8"))
     out = str(tmp_path / "bf16")
     export.export_policy(trained["params"], cfg, os.path.join(trained["workdir"], "tokenizer"), out,
@@ -267,13 +267,13 @@ _SHARDED_EXPORT = textwrap.dedent("""
     config.mesh.shape = {"data": 1, "fsdp": 4, "tensor": 2}
     run = SFTRun(config, ReportTokenizer.load(os.path.join(workdir, "tokenizer")).vocab_size)
     with ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints", "sft"), save_every=1, keep=1) as c:
-        state, step = c.restore(run.abstract_state)
-    params = nnx.state(run.policy(state), nnx.Param)
+        state, step = c.restore(run.train.abstract_state)
+    params = nnx.state(run.train.policy(state), nnx.Param)
     split = [x for x in jax.tree.leaves(params)
              if not x.is_fully_addressable and not x.sharding.is_fully_replicated]
     assert len(split) > 10, len(split)  # shards really live on the other process too
     provenance = json.load(open(os.path.join(workdir, "hf", export.PROVENANCE_NAME)))
-    export.export_policy(export.host_params(params), run.model_config,
+    export.export_policy(export.host_params(params), run.train.model_config,
                          os.path.join(workdir, "tokenizer"), out, provenance=provenance)
 """)
 

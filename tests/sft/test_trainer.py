@@ -8,6 +8,7 @@ from absl import flags
 from flax import nnx
 
 from radflow_jax import config as config_lib
+from radflow_jax import runtime
 from radflow_jax.data import prepare
 from radflow_jax.run_log import read_metrics
 from radflow_jax.sft import trainer
@@ -42,8 +43,8 @@ def test_grad_accumulation_is_exact(data):
     results = []
     for config in (plain, accum):
         run = trainer.SFTRun(config, data.tokenizer.vocab_size)
-        state, metrics = run.step_fn(run.init_state(), run.device_batch(batch))
-        results.append((nnx.state(run.policy(state), nnx.Param), metrics))
+        state, metrics = run.step_fn(run.train.init_state(), run.device_batch(batch))
+        results.append((nnx.state(run.train.policy(state), nnx.Param), metrics))
     (p1, m1), (p2, m2) = results
     np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
     np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-4)
@@ -54,12 +55,12 @@ def test_grad_accumulation_is_exact(data):
 def test_trimming_padding_keeps_the_loss(data):
     config = _config()
     batch = _first_batch(data, config)
-    trimmed = trainer.trim_targets(batch, 32)
+    trimmed = runtime.trim_targets(batch, 32)
     assert trimmed["target_tokens"].shape[1] < batch["target_tokens"].shape[1]
     assert trimmed["target_tokens"].shape[1] % 32 == 0
     assert trimmed["target_mask"].sum() == batch["target_mask"].sum()
     run = trainer.SFTRun(config, data.tokenizer.vocab_size)
-    model = run.policy(run.init_state())
+    model = run.train.policy(run.train.init_state())
     full = trainer.token_nll(model, {k: jnp.asarray(batch[k]) for k in trainer.MODEL_KEYS})
     short = trainer.token_nll(model, {k: jnp.asarray(trimmed[k]) for k in trainer.MODEL_KEYS})
     np.testing.assert_allclose(full[0], short[0], rtol=1e-5)
