@@ -73,7 +73,7 @@ def runs(tmp_path_factory):
     single = subprocess.run(_train(one), cwd=REPO, env=_env(4), capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-4000:]
     two = str(tmp_path_factory.mktemp("two_processes"))
-    procs = _two_processes(two)
+    procs = _two_processes(two, timeout=600)  # the watchdog spans recompiles of new shapes
     outputs = _finish(procs, 600)
     for i, (proc, (_, err)) in enumerate(zip(procs, outputs)):
         assert proc.returncode == 0, f"process {i}:\n{err[-4000:]}"
