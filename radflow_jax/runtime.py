@@ -85,13 +85,22 @@ class Runtime:
             return jax.jit(lambda: nnx.split(factory())[1], out_shardings=layout.shardings)()
 
     def jit_step(self, step: Callable, layout: Layout, num_inputs: int = 1) -> Callable:
-        """``step(state, *inputs) -> (state, metrics)`` jitted with the state sharded and donated."""
-        return jax.jit(
+        """``step(state, *inputs) -> (state, metrics)`` jitted with the state sharded and donated,
+        traced and run with the activation-sharding rules active. Only the jitted call is inside
+        the rules' mesh context: eager host-side work around it (RL metrics on numpy arrays) must
+        not become global-mesh computations, which deadlocked two processes at RL step 2."""
+        jitted = jax.jit(
             step,
             in_shardings=(layout.shardings,) + (None,) * num_inputs,
             out_shardings=(layout.shardings, None),
             donate_argnums=0,
         )
+
+        def call(*args):
+            with self.activations():
+                return jitted(*args)
+
+        return call
 
     def device_batch(
         self, batch: Mapping[str, np.ndarray], keys: Sequence[str], *, length_bucket: int = 0

@@ -18,7 +18,6 @@ import jax
 from radflow_jax import checkpoint as ckpt_lib
 from radflow_jax.parallel import distributed
 from radflow_jax.run_log import RunLog
-from radflow_jax.runtime import Runtime
 
 Metrics = Mapping[str, Any]
 
@@ -33,7 +32,6 @@ def close_iterator(iterator: Any) -> None:
 def run_loop(
     stage: str,
     workdir: str,
-    runtime: Runtime,
     *,
     state: Any,
     step: int,
@@ -48,11 +46,10 @@ def run_loop(
 ) -> Any:
     """Runs ``one_step`` from ``step`` to ``num_steps``; returns the final state.
 
-    ``one_step(state, step)`` gets the 0-based index of the step it runs; it is traced and run
-    with ``runtime``'s activation-sharding rules active. Metrics are fetched
+    ``one_step(state, step)`` gets the 0-based index of the step it runs. Metrics are fetched
     only on logged steps; ``on_log(step, state, row)`` may add host-side numbers to the row.
     """
-    with runtime.activations(), checkpointer, RunLog(workdir, stage, total_steps=num_steps, initial_step=step) as log, \
+    with checkpointer, RunLog(workdir, stage, total_steps=num_steps, initial_step=step) as log, \
             ckpt_lib.PreemptionGuard() as guard:
         start, first = time.perf_counter(), step
         while step < num_steps:

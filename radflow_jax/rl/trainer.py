@@ -238,7 +238,7 @@ def run_rl(
         return rl_step(run, state, reference, next(iterator), reward_cfg, data,
                        jax.random.fold_in(key, step), label_fn)
 
-    state = run_loop("rl", workdir, run.runtime, state=state, step=step, num_steps=rl.num_steps, one_step=one_step,
+    state = run_loop("rl", workdir, state=state, step=step, num_steps=rl.num_steps, one_step=one_step,
                      checkpointer=checkpointer, iterator=iterator, config=config.to_dict(),
                      log_every=rl.log_every, examples_per_step=rl.batch_size * rl.group_size)
     return run, state

@@ -140,7 +140,7 @@ def run_sft(
     def on_log(step, _, row):
         return dict(row, learning_rate=run.schedule(step - 1))
 
-    state = run_loop("sft", workdir, run.runtime, state=state, step=step, num_steps=sft.num_steps, one_step=one_step,
+    state = run_loop("sft", workdir, state=state, step=step, num_steps=sft.num_steps, one_step=one_step,
                      checkpointer=checkpointer, iterator=iterator, config=config.to_dict(),
                      log_every=sft.log_every, examples_per_step=sft.batch_size, on_log=on_log)
     return run, state

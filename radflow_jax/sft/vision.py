@@ -244,7 +244,7 @@ def run_vision(config: ml_collections.ConfigDict, workdir: str, data: prepare.Pr
             row.update({f"val_auc/{k}": a for k, a in auc.items()})
         return row
 
-    return run_loop("vision", workdir, run.runtime, state=state, step=step, num_steps=v.num_steps, one_step=one_step,
+    return run_loop("vision", workdir, state=state, step=step, num_steps=v.num_steps, one_step=one_step,
                     checkpointer=checkpointer, iterator=iterator, config=config.to_dict(),
                     log_every=v.log_every, examples_per_step=v.batch_size, on_log=on_log)
 
