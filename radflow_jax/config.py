@@ -11,10 +11,11 @@ import os
 
 import ml_collections
 
-from radflow_jax.metrics import NORMALIZERS
-from radflow_jax.parallel import mesh as mesh_lib
 from radflow_jax import schema
-from radflow_jax.rewards import hierarchy, labeler_train
+from radflow_jax.metrics import NORMALIZERS
+
+# Light on purpose: configs/*.py and tools import this module without JAX. The checks that need
+# the model, mesh or reward code import it inside ``validate``.
 
 STAGES: tuple[str, ...] = ("data", "vision", "sft", "labeler", "rl", "eval")
 DATA_SOURCES = ("synthetic", "r2gen", "mimic_cxr_jpg", "openi_xml", "jsonl", "tfds")
@@ -22,6 +23,8 @@ SECTION_FALLBACKS = ("error", "findings", "last_sentence")
 TOKENIZER_KINDS = ("word", "bpe")
 MODEL_SIZES = ("toy", "tiny", "small", "base", "1b", "7b")
 REMAT_POLICIES = ("none", "full", "dots_saveable")  # models/policy.py
+MODEL_DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 for 1b/7b, float32 below
+OPENI_ARCHIVE = "~/.cache/radflow_jax/openi/NLMCXR_reports.tgz"
 
 
 DEFAULT_RULES = (
@@ -98,7 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.size = "tiny"  # toy | tiny | small | base | 1b | 7b (models/policy.py SIZES)
-    c.model.dtype = "float32"  # compute dtype; parameters stay float32
+    c.model.dtype = "auto"  # compute dtype (MODEL_DTYPES; auto = bfloat16 for 1b/7b); params stay float32
     c.model.logits_chunk = 0  # target positions per log-softmax chunk (0 = all at once; 1b/7b: 256)
     c.model.remat = "none"  # none | full | dots_saveable: what a block recomputes in the backward pass
 
@@ -141,7 +144,26 @@ def base_config() -> ml_collections.ConfigDict:
 
     # The Flax labeler (rewards/labeler_train.py): stage `labeler` trains it on rule-labeled text;
     # labeler.backend="net" makes the RL reward use it instead of the rule labeler.
-    c.labeler = labeler_train.default_labeler_config()
+    c.labeler = ml_collections.ConfigDict()
+    c.labeler.backend = "rule"  # rule | net: which labeler gives the RL reward its labels
+    c.labeler.size = "tiny"  # models/labeler_net.py SIZES
+    c.labeler.dtype = "float32"  # compute dtype; parameters stay float32
+    c.labeler.vocab_size = 4000  # the labeler's own word tokenizer, fit on its training text
+    c.labeler.min_frequency = 2  # rarer words map to <unk>
+    c.labeler.max_len = 256  # tokens per text; longer texts are cut (counted in the eval report)
+    c.labeler.openi = OPENI_ARCHIVE  # Open-I report archive used when present (cxr only); "" = never
+    c.labeler.openi_holdout = 0.1  # share of Open-I reports held out for the agreement report
+    c.labeler.num_steps = 1500
+    c.labeler.batch_size = 64
+    c.labeler.learning_rate = 2e-3
+    c.labeler.warmup_steps = 100
+    c.labeler.min_lr_ratio = 0.05
+    c.labeler.weight_decay = 0.01
+    c.labeler.grad_clip = 1.0
+    c.labeler.log_every = 100
+    c.labeler.checkpoint_every = 500
+    c.labeler.keep_checkpoints = 2
+    c.labeler.eval_batch_size = 128  # NetLabeler's fixed batch (rows are padded up to it)
 
     # GRPO. Names follow TRL's GRPOConfig where the concept is the same (rl/grpo.py has the table).
     c.rl = ml_collections.ConfigDict()
@@ -317,12 +339,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            f"folder not found: {config.init.from_hf}")
     m = config.model
     _check(m.size in MODEL_SIZES, "model.size", f"must be one of {MODEL_SIZES}")
-    _check(m.dtype in ("float32", "bfloat16"), "model.dtype", "must be 'float32' or 'bfloat16'")
+    _check(m.dtype in MODEL_DTYPES, "model.dtype", f"must be one of {MODEL_DTYPES}")
     _check(m.remat in REMAT_POLICIES, "model.remat", f"must be one of {REMAT_POLICIES}")
     _check(m.logits_chunk >= 0, "model.logits_chunk", "must be >= 0 (0 = one chunk)")
     shape = dict(config.mesh.shape)
     _check(set(shape) <= {"data", "fsdp", "tensor"}, "mesh.shape", "axes are data, fsdp, tensor")
     _check(list(shape.values()).count(-1) <= 1, "mesh.shape", "at most one axis may be -1")
+    from radflow_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+    from radflow_jax.rewards import hierarchy, labeler_train  # pylint: disable=import-outside-toplevel
+
     try:
         mesh_lib.validate_rules(config.mesh.rules)
     except ValueError as e:

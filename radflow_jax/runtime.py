@@ -138,12 +138,24 @@ def value_and_grad_trainable(
     return jax.value_and_grad(lambda p: fn(nnx.merge(model_def, p, rest)), has_aux=True)(train_p)
 
 
+BFLOAT16_SIZES = ("1b", "7b")  # where float32 activations would not fit, bf16 is the default
+
+
+def compute_dtype(model: ml_collections.ConfigDict) -> str:
+    """``model.dtype`` with ``auto`` resolved: bfloat16 for the billion-parameter sizes, float32
+    below (the small models train on CPUs, where bf16 is slower and noisier)."""
+    if model.dtype != "auto":
+        return model.dtype
+    return "bfloat16" if model.size in BFLOAT16_SIZES else "float32"
+
+
 def make_policy_config(config: ml_collections.ConfigDict, vocab_size: int) -> PolicyConfig:
     """The policy of ``config.model`` for a tokenizer's vocabulary and the data's image size."""
     d = config.data
     return policy_config(
         config.model.size, vocab_size, d.image_size, d.max_views,
-        text_len=d.max_prompt_len + d.max_target_len, dtype=config.model.dtype, remat=config.model.remat,
+        text_len=d.max_prompt_len + d.max_target_len, dtype=compute_dtype(config.model),
+        remat=config.model.remat,
     )
 
 

@@ -64,3 +64,25 @@ def test_workdir_resolution(tmp_path):
     config = config_lib.load_config_file("configs/carotid.py")
     assert config_lib.resolve_workdir(config, None).endswith("runs/carotid")
     assert config_lib.resolve_workdir(config, str(tmp_path)) == str(tmp_path)
+
+
+def test_config_imports_without_jax():
+    # configs and launch tools read configs on hosts (or in processes) that must not start JAX.
+    import subprocess
+    import sys
+
+    code = "import sys, radflow_jax.config; print(sorted(m for m in ('jax', 'flax', 'optax') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("size, dtype, expected", [
+    ("tiny", "auto", "float32"), ("base", "auto", "float32"), ("1b", "auto", "bfloat16"),
+    ("7b", "auto", "bfloat16"), ("7b", "float32", "float32"), ("tiny", "bfloat16", "bfloat16"),
+])
+def test_compute_dtype_auto_is_bf16_for_billion_sizes(size, dtype, expected):
+    from radflow_jax.runtime import compute_dtype
+
+    config = config_lib.base_config()
+    config.model.size, config.model.dtype = size, dtype
+    assert compute_dtype(config.model) == expected

@@ -60,33 +60,7 @@ from radflow_jax.schema import Schema
 from radflow_jax.run_log import RunLog
 
 BACKENDS = ("rule", "net")
-OPENI_ARCHIVE = "~/.cache/radflow_jax/openi/NLMCXR_reports.tgz"
 MIN_BUCKET = 16
-
-
-def default_labeler_config() -> ml_collections.ConfigDict:
-    """The ``config.labeler`` section, with each field's meaning."""
-    c = ml_collections.ConfigDict()
-    c.backend = "rule"  # rule | net: which labeler gives the RL reward its labels
-    c.size = "tiny"  # models/labeler_net.py SIZES
-    c.dtype = "float32"  # compute dtype; parameters stay float32
-    c.vocab_size = 4000  # the labeler's own word tokenizer, fit on its training text
-    c.min_frequency = 2  # rarer words map to <unk>
-    c.max_len = 256  # tokens per text; longer texts are cut (counted in the eval report)
-    c.openi = OPENI_ARCHIVE  # Open-I report archive used when present (cxr only); "" = never
-    c.openi_holdout = 0.1  # share of Open-I reports held out for the agreement report
-    c.num_steps = 1500
-    c.batch_size = 64
-    c.learning_rate = 2e-3
-    c.warmup_steps = 100
-    c.min_lr_ratio = 0.05
-    c.weight_decay = 0.01
-    c.grad_clip = 1.0
-    c.log_every = 100
-    c.checkpoint_every = 500
-    c.keep_checkpoints = 2
-    c.eval_batch_size = 128  # NetLabeler's fixed batch (rows are padded up to it)
-    return c
 
 
 def check_labeler_config(c: ml_collections.ConfigDict) -> None:

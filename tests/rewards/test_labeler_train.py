@@ -42,7 +42,7 @@ def _data(n_train: int = 240, n_val: int = 40) -> prepare.PreparedData:
 
 def _config(**labeler):
     config = config_lib.load_config_file("configs/cxr.py:quick")
-    config.labeler = lt.default_labeler_config()
+    config.labeler = config_lib.base_config().labeler
     config.labeler.update(dict(openi="", max_len=128, size="tiny", num_steps=600, batch_size=16,
                                learning_rate=3e-3, warmup_steps=30, log_every=100, checkpoint_every=300,
                                eval_batch_size=64))
