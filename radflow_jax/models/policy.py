@@ -252,32 +252,15 @@ class Policy(nnx.Module):
         return self.language_model.logits(hidden)[:, 0], cache
 
 
-def _target_hidden(model: Policy, batch: dict[str, jax.Array]) -> jax.Array:
-    """Teacher-forced decoder states [B, T, D] (before the final norm); [:, t] predicts target t."""
+def target_hidden(model: Policy, batch: dict[str, jax.Array]) -> jax.Array:
+    """Teacher-forced decoder states [B, T, D] (before the final norm); [:, t] predicts target t.
+
+    ``model.language_model.logits`` of it are the full teacher-forced logits (what interop checks
+    compare); training goes through ``token_scores``, which never holds them all."""
     prompt, target = batch["prompt_tokens"], batch["target_tokens"]
     tokens = jnp.concatenate([prompt, target[:, :-1]], axis=1)
     mask = jnp.concatenate([batch["prompt_mask"], batch["target_mask"][:, :-1]], axis=1)
     return model.text_hidden(batch["image"], batch["view_mask"], tokens, mask)[:, prompt.shape[1] - 1 :]
-
-
-def teacher_forced(model: Policy, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """Per-token log-probs of ``target_tokens`` under teacher forcing, and their logits.
-
-    Returns (logp [B, T] with 0 where ``target_mask`` is False, logits float32 [B, T, vocab]);
-    logits[:, t] is the distribution that predicts target t. Inside ``jit`` unused logits cost
-    nothing extra. ``token_scores`` gives the same log-probs without holding the logits.
-    """
-    logits = model.language_model.logits(_target_hidden(model, batch))
-    target = batch["target_tokens"]
-    logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), target[..., None], axis=-1)[..., 0]
-    return jnp.where(batch["target_mask"], logp, 0.0), logits
-
-
-def teacher_forced_logprobs(
-    graphdef: nnx.GraphDef, state: nnx.State, batch: dict[str, jax.Array]
-) -> tuple[jax.Array, jax.Array]:
-    """Pure-function form of ``teacher_forced`` for jitted SFT/GRPO steps (graphdef static)."""
-    return teacher_forced(nnx.merge(graphdef, state), batch)
 
 
 @struct.dataclass
@@ -311,7 +294,7 @@ def token_scores(
     report-length batch at a real vocabulary). ``chunk_size=0`` is one chunk. The last chunk is
     padded (masked) when ``chunk_size`` does not divide T.
     """
-    hidden = _target_hidden(model, batch)
+    hidden = target_hidden(model, batch)
     target, mask = batch["target_tokens"], batch["target_mask"].astype(bool)
     decoder = model.language_model
     head_def, head = nnx.split((decoder.model.norm, decoder.lm_head))

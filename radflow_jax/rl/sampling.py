@@ -6,7 +6,7 @@ and every member decodes on its own. The loop stops as soon as every sequence ha
 
 Returned ``logprobs`` are those of the sampled tokens under the *unmodified* policy (temperature
 1, no top-k/top-p): GRPO uses them as the old-policy log-probs, and they equal what
-``teacher_forced_logprobs`` gives for the same tokens.
+``models.policy.token_scores`` gives for the same tokens.
 
 The KV cache is an explicit pytree (``KVCache``, all layers in one array per keys/values) carried
 through the loop, so XLA updates it in place; nothing outside the jitted function holds it.

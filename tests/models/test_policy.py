@@ -19,8 +19,7 @@ from radflow_jax.models.policy import (
     Policy,
     count_params,
     policy_config,
-    teacher_forced,
-    teacher_forced_logprobs,
+    target_hidden,
     token_scores,
 )
 from radflow_jax.models.vit import VisionConfig, VisionTransformer, patchify
@@ -30,6 +29,19 @@ AXIS_NAMES = {
     "vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "patch", "vit_embed", "vit_mlp", "positions",
     "layers",
 }
+
+
+def teacher_forced(model: Policy, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """The reference: full float32 logits [B, T, vocab] and the log-softmax of the targets."""
+    logits = model.language_model.logits(target_hidden(model, batch))
+    target = batch["target_tokens"]
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), target[..., None], axis=-1)[..., 0]
+    return jnp.where(batch["target_mask"], logp, 0.0), logits
+
+
+def teacher_forced_logprobs(graphdef: nnx.GraphDef, state: nnx.State, batch: dict):
+    """Pure (graphdef, state) form, as the jitted steps use the model."""
+    return teacher_forced(nnx.merge(graphdef, state), batch)
 
 
 _logprobs_jit = jax.jit(teacher_forced_logprobs, static_argnums=0)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from radflow_jax.models.policy import Policy, policy_config, teacher_forced_logprobs
+from radflow_jax.models.policy import Policy, policy_config, token_scores
 from radflow_jax.rl.sampling import SamplerSettings, filter_logits, sample
 
 VOCAB, IMAGE, VIEWS, T = 64, 32, 2, 8
@@ -69,7 +69,8 @@ def test_sampled_logprobs_equal_teacher_forced(policy, batch, grouped):
     out = grouped
     assert out.tokens.shape == out.logprobs.shape == out.mask.shape == (6, T)
     full = dict(repeat(batch, 3), target_tokens=np.asarray(out.tokens), target_mask=np.asarray(out.mask))
-    logp, _ = jax.jit(teacher_forced_logprobs, static_argnums=0)(*policy, full)
+    graphdef, state = policy
+    logp = jax.jit(lambda s, b: token_scores(nnx.merge(graphdef, s), b).logp)(state, full)
     np.testing.assert_allclose(out.logprobs, logp, atol=1e-5, rtol=1e-5)
     assert np.asarray(out.mask).sum() > 10 and float(jnp.min(out.logprobs)) < -1.0
 
