@@ -5,14 +5,20 @@ the rule labeler once per section (``host_labels``); everything after that is pu
 the reward is jitted into the RL step. Terms, each in [0, 1] and logged on its own:
 
 - ``fluency``: a mix of BLEU-4, ROUGE-L and (optional, /10) CIDEr-D of the report's words against
-  the reference's (section tags, eos and padding removed), times the **format gate** — 1 when the
+  the reference's, times the **format gate**. Given a ``words.WordTable`` (``word_table``), the
+  words are those of the default evaluation, ``eval.normalize="radflow"`` (``rewards/words.py``:
+  "1.5" and "245" whole, punctuation dropped, one ``.`` per sentence, Findings then Impression),
+  so the reward's BLEU/ROUGE-L/CIDEr-D equal ``evaluate``'s per-report scores; without one they
+  are the token ids (section tags, eos and padding removed), which differ wherever a word is not
+  one token. The gate is 1 when the
   report is exactly ``<findings> F <impression> I`` with each section non-empty where the
   reference's is (hierarchical mode only; R2Gen-style findings-only references need no
   Impression), its share of repeated 4-grams exceeds the reference's by at most ``repeat_margin``
   (relative, because parallel left/right carotid descriptions legitimately repeat ~10-30 % of
-  their 4-grams while chest reports repeat < 15 %), and its word count is within
-  ``length_band`` times the reference's; else 0. A gate, not a discount: a degenerate report
-  earns no fluency however many n-grams it happens to share.
+  their 4-grams while chest reports repeat < 15 %), and its token count is within
+  ``length_band`` times the reference's (the gates read tokens, with or without a word table);
+  else 0. A gate, not a discount: a degenerate report earns no fluency however many n-grams it
+  happens to share.
 - ``correctness``: agreement of the report's positive observations with the reference's;
   critical observations weigh ``critical_weight`` in every count, so missing one costs most. Two
   forms (``label_credit``, also used by the Impression's label term): ``"report_f1"``, the
@@ -63,7 +69,7 @@ from flax import struct
 
 from radflow_jax.data.sections import parse_target
 from radflow_jax.data.tokenizer import SPECIAL_TOKENS
-from radflow_jax.rewards import labeler, nlg
+from radflow_jax.rewards import labeler, nlg, words
 from radflow_jax.rewards.consistency import (
     COUNT_KEYS,
     NO_FINDING,
@@ -238,6 +244,8 @@ class SectionMasks:
     findings: jax.Array  # bool [N, T]
     impression: jax.Array  # bool [N, T]
     tagged: jax.Array  # bool [N]: tags exactly as "<findings> F <impression> I" (F, I may be empty)
+    section: jax.Array  # int32 [N, T]: 1 Findings, 2 Impression, 0 neither, for every non-tag token
+    spaced: jax.Array  # bool [N, T]: a tag stands between the token and the one rendered before it
 
 
 def section_masks(tokens: jax.Array, mask: jax.Array, cfg: RewardConfig) -> SectionMasks:
@@ -270,7 +278,15 @@ def section_masks(tokens: jax.Array, mask: jax.Array, cfg: RewardConfig) -> Sect
         & (jnp.argmax(is_f, -1) < jnp.argmax(is_i, -1))
         & ~before_tags.any(-1)
     )
-    return SectionMasks(content, findings, impression, tagged)
+    # Every token's section, <unk>/<image> (rendered as text) and pad/bos (rendered as nothing)
+    # included, for the evaluation's words (rewards/words.py).
+    untagged = valid & ~(is_f | is_i)
+    in_findings = (current == 1) | ((current == 0) & ~first_is_f[:, None])
+    section = jnp.where(untagged, jnp.where(in_findings, 1, jnp.where(current == 2, 2, 0)), 0)
+    rendered = untagged & ~jnp.isin(tokens, jnp.asarray((cfg.pad_id, cfg.bos_id)))
+    last_rendered = jax.lax.cummax(jnp.where(rendered, positions, -1), axis=tokens.ndim - 1)
+    spaced = last_tag > jnp.pad(last_rendered[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+    return SectionMasks(content, findings, impression, tagged, section.astype(jnp.int32), spaced)
 
 
 def sections_gate(gen: SectionMasks, ref: SectionMasks) -> jax.Array:
@@ -364,7 +380,7 @@ def corpus_f1_credit(
 
 
 def _nlg(cand, cand_mask, ref, ref_mask, cfg: RewardConfig, df_table) -> dict[str, jax.Array]:
-    """BLEU-4, ROUGE-L, CIDEr-D/10 (when weighted) and their normalised mix ``nlg``."""
+    """BLEU-4, ROUGE-L, CIDEr-D/10 (when weighted) and their normalised mix ``nlg``, on ids."""
     w_bleu, w_rouge, w_cider = cfg.nlg_weights
     scores = {"bleu4": nlg.bleu(cand, cand_mask, ref, ref_mask, n=4),
               "rouge_l": nlg.rouge_l(cand, cand_mask, ref, ref_mask)}
@@ -379,10 +395,38 @@ def _nlg(cand, cand_mask, ref, ref_mask, cfg: RewardConfig, df_table) -> dict[st
     return {**scores, "nlg": mix / sum(cfg.nlg_weights)}
 
 
+def _eval_words(table: words.WordTable, inputs: RewardInputs, gen: SectionMasks, ref: SectionMasks):
+    """Word ids and masks ``(gen, gen_mask, ref, ref_mask)`` of the whole reports and of the
+    Impressions, the default evaluation's words; one ``report_words`` over all four, stacked."""
+    n, size = inputs.gen_tokens.shape[0], max(inputs.gen_tokens.shape[1], inputs.ref_tokens.shape[1])
+
+    def pad(x):
+        return jnp.pad(jnp.asarray(x), ((0, 0), (0, size - x.shape[1])))
+
+    tokens = jnp.concatenate([pad(inputs.gen_tokens), pad(inputs.ref_tokens)] * 2)
+    section = jnp.concatenate([pad(gen.section), pad(ref.section)])
+    section = jnp.concatenate([section, jnp.where(section == 2, 2, 0)])  # the Impressions alone
+    spaced = jnp.concatenate([pad(gen.spaced), pad(ref.spaced)] * 2)
+    w = words.report_words(table, tokens, section, spaced)
+    rows = lambda k: words.Words(w.keys[k * n : (k + 1) * n], w.mask[k * n : (k + 1) * n])  # noqa: E731
+    gen_w, ref_w = (words.Words(*map(jnp.concatenate, zip(rows(k), rows(k + 2)))) for k in (0, 1))
+    gen_ids, ref_ids = words.word_ids(table, gen_w, ref_w)
+    report = (gen_ids[:n], gen_w.mask[:n], ref_ids[:n], ref_w.mask[:n])
+    impression = (gen_ids[n:], gen_w.mask[n:], ref_ids[n:], ref_w.mask[n:])
+    return report, impression
+
+
 def hierarchical_reward(
-    inputs: RewardInputs, cfg: RewardConfig, df_table: nlg.DocumentFrequencies | None = None
+    inputs: RewardInputs,
+    cfg: RewardConfig,
+    df_table: nlg.DocumentFrequencies | None = None,
+    word_table: words.WordTable | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Total reward ``[N]`` and every term ``[N]`` (module docstring); pure and jittable.
+
+    ``word_table`` (``words.word_table(tokenizer)``): the NLG terms score the default evaluation's
+    words; a ``df_table`` for CIDEr-D must then be built over the same table's word ids
+    (``words.corpus_df``). Without it they score token ids (and ``df_table`` is ``nlg.build_df``'s).
 
     Terms in [0, 1]: ``fluency``, ``correctness``, ``consistency``, ``impression``, ``format_gate``
     and their parts (``bleu4``, ``rouge_l``, [``cider_d``], ``nlg``, ``gate_sections``,
@@ -394,7 +438,12 @@ def hierarchical_reward(
     flat = cfg.mode == "flat"
     ft = jnp.result_type(float)
 
-    scores = _nlg(inputs.gen_tokens, gen.content, inputs.ref_tokens, ref.content, cfg, df_table)
+    if word_table is None:
+        report = (inputs.gen_tokens, gen.content, inputs.ref_tokens, ref.content)
+        impression_words = (inputs.gen_tokens, gen.impression, inputs.ref_tokens, ref.impression)
+    else:
+        report, impression_words = _eval_words(word_table, inputs, gen, ref)
+    scores = _nlg(*report, cfg, df_table)
     lo, hi = cfg.length_band
     ratio = gen.content.sum(-1) / jnp.maximum(ref.content.sum(-1), 1)
     gates = {
@@ -430,7 +479,7 @@ def hierarchical_reward(
         consistency = consistency * gates["gate_critical"]
 
     imp_labels = credit(gen_i, ref_labels[:, _IMPRESSION])
-    imp_rouge = nlg.rouge_l(inputs.gen_tokens, gen.impression, inputs.ref_tokens, ref.impression)
+    imp_rouge = nlg.rouge_l(*impression_words)
     a = cfg.impression_rouge_weight
     impression = (1 - a) * imp_labels + a * imp_rouge
 
