@@ -14,6 +14,12 @@ and uncertain accuracy; then the agreement with Open-I's MeSH tags on every inde
 the report's text, for working on the rules (the text is printed, never written to the repo).
 Last, the carotid labeler on ``tests/rewards/carotid_handlabeled.json`` (reports written by hand):
 micro-F1 over the per-side SRU bands, on the set and on its held-out part.
+
+``--net=WORKDIR`` (a run whose ``labeler`` stage has finished, e.g. ``python -m radflow_jax.train
+--config=configs/cxr.py --workdir=WORKDIR "--config.stages=('data','labeler')"``) adds the Flax
+labeler: its agreement with the rule labeler on the Open-I texts the stage held out (the rule
+labels are its training targets), per observation and micro-F1, and its reading of the dev set
+against the hand labels beside the rule labeler's.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import time
 
 from absl import app, flags
 
-from radflow_jax.rewards import labeler, openi_devset
+from radflow_jax.rewards import labeler, labeler_train, openi_devset
 from radflow_jax.schema import LABEL_BLANK, get_schema
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +38,8 @@ _REPORTS = flags.DEFINE_string("reports", None, "NLMCXR_reports.tgz or the torch
 _DEVSET = flags.DEFINE_string("devset", os.path.join(_ROOT, "tests", "rewards", "openi_devset.json"),
                               "Hand labels (ids and labels only).")
 _ERRORS = flags.DEFINE_bool("errors", False, "List every dev-set disagreement with its report text.")
+_NET = flags.DEFINE_string("net", None, "Workdir of a trained Flax labeler: its agreement with the "
+                           "rule labeler on held-out Open-I text and its dev-set scores.")
 _CAROTID = flags.DEFINE_string("carotid", os.path.join(_ROOT, "tests", "rewards", "carotid_handlabeled.json"),
                                "Hand-written, hand-labeled carotid reports (text and labels).")
 BANDS = tuple(f"{side} {band}" for side in ("Right", "Left") for band in
@@ -64,6 +72,63 @@ def _carotid() -> None:
                          if gold[i, k] != predicted[i, k]]
                 if wrong:
                     print(f"  {rid}: " + ", ".join(f"{o} {_value(g)}->{_value(p)}" for o, g, p in wrong))
+
+
+def _table(scores: dict, counts: str) -> None:
+    print(f"{'observation':28s}{'precision':>10s}{'recall':>8s}{'f1':>7s}{'pos':>6s}{'neg':>6s}{'unc':>6s}  ({counts})")
+    for obs, s in scores["per_observation"].items():
+        print(f"{obs:28s}{s['precision']:10.3f}{s['recall']:8.3f}{s['f1']:7.3f}"
+              f"{s['positive']:6d}{s['negative']:6d}{s['uncertain']:6d}")
+
+
+def _summary(name: str, s: dict) -> None:
+    print(f"{name:34s}{s['micro_f1']:10.3f}{s['micro_precision']:10.3f}{s['micro_recall']:8.3f}"
+          f"{s['negation_accuracy']:9.3f}{s['uncertain_accuracy']:9.3f}{s['no_finding_accuracy']:9.3f}")
+
+
+def _net(reports: dict, ids: list[str], gold, rule_predicted, schema) -> None:
+    """The Flax labeler of ``--net``: against the rule labeler on its held-out Open-I texts, and
+    against the hand labels on the dev set."""
+    try:
+        net, config, step = labeler_train.load_net_labeler(_NET.value)
+    except (OSError, ValueError) as e:
+        sys.exit(f"labeler_devset: --net={_NET.value}: {e}")
+    c = config.labeler
+    archive = os.path.expanduser(c.openi) if c.openi else ""
+    print(f"\nFlax labeler: {_NET.value} (step {step}, size {c.size}, max_len {c.max_len}, "
+          f"{net.tokenizer.vocab_size} words), trained on the rule labels of {labeler.CONVENTIONS}")
+    if archive and os.path.isfile(archive):
+        uid_texts = labeler_train.openi_texts(archive)  # the stage's archive and split
+        train, held = labeler_train.split_openi(uid_texts, c.openi_holdout, config.seed)
+        _, held_uids = labeler_train.split_openi([(u, [u]) for u, _ in uid_texts], c.openi_holdout, config.seed)
+        seen = set(train)  # the synthetic training texts never equal Open-I text
+        for name, texts in (("held-out", held), ("held-out, never verbatim in training", [t for t in held if t not in seen])):
+            rule = labeler.label_array(texts, schema)
+            start = time.perf_counter()
+            predicted = net.label_array(texts, schema)
+            seconds = time.perf_counter() - start
+            s = openi_devset.devset_scores(rule, predicted, schema)
+            accuracy = labeler_train.agreement(predicted, rule, schema)["accuracy"]
+            print(f"\nAgainst the rule labeler on {len(texts)} Open-I texts ({name}; of {len(held_uids)} "
+                  f"held-out reports: findings, impression, both; {seconds:.1f}s):")
+            if name == "held-out":
+                _table(s, "rule-label counts")
+            print(f"positive-mention micro-F1 (13 findings): {s['micro_f1']:.3f} (precision "
+                  f"{s['micro_precision']:.3f}, recall {s['micro_recall']:.3f}); negation agreement "
+                  f"{s['negation_accuracy']:.3f}, uncertain agreement {s['uncertain_accuracy']:.3f}; "
+                  f"4-class accuracy over all (text, observation) pairs {accuracy:.4f}")
+        in_train = sum(i not in set(held_uids) for i in ids)
+    else:
+        print(f"(no Open-I archive at labeler.openi={c.openi!r}: no held-out agreement)")
+        in_train = 0
+    predicted = net.label_array([reports[i].report for i in ids], schema)
+    s = openi_devset.devset_scores(gold, predicted, schema)
+    print(f"\nDev set against the hand labels ({len(ids)} reports; {in_train} of them among the "
+          f"net's training texts, with rule labels as targets):")
+    _table(s, "hand counts")
+    print(f"{'labeler':34s}{'micro-F1':>10s}{'precision':>10s}{'recall':>8s}{'neg acc':>9s}{'unc acc':>9s}{'NF acc':>9s}")
+    _summary("rule", openi_devset.devset_scores(gold, rule_predicted, schema))
+    _summary(f"Flax ({c.size})", s)
 
 
 def main(argv: list[str]) -> None:
@@ -119,6 +184,8 @@ def main(argv: list[str]) -> None:
         print(f"{obs:28s}{s['mesh']:6d}{s['labeler']:9d}{s['both']:6d}{s['precision']:10.3f}"
               f"{s['recall']:8.3f}{s['f1']:7.3f}")
     print(f"({time.perf_counter() - start:.1f}s to label {len(ids) + len(indexed)} reports)")
+    if _NET.value:
+        _net(reports, ids, gold, predicted, schema)
     _carotid()
 
 

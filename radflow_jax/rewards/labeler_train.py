@@ -465,6 +465,28 @@ def _write_report(stage_dir: str, report: dict, *, step: int) -> None:
                   f"macro-F1 {r['macro_f1']:.4f}")
 
 
+def load_net_labeler(workdir: str) -> tuple[NetLabeler, ml_collections.ConfigDict, int]:
+    """``(labeler, run config, step)`` of a workdir whose labeler stage has run, without its data:
+    the saved config, the labeler's tokenizer and its newest checkpoint."""
+    from radflow_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+    from radflow_jax.schema import get_schema  # pylint: disable=import-outside-toplevel
+
+    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+        config = config_lib.from_saved(json.load(f))
+    tokenizer = ReportTokenizer.load(os.path.join(workdir, "labeler", "tokenizer"))
+    schema = get_schema(config.modality)
+    run = LabelerRun(config, tokenizer.vocab_size, len(schema.observations))
+    directory = os.path.join(workdir, "checkpoints", "labeler")
+    with ckpt_lib.Checkpointer(directory, save_every=1, keep=1) as checkpointer:
+        if checkpointer.latest_step() is None:
+            raise FileNotFoundError(f"no labeler checkpoint under {directory}")
+        state, step = checkpointer.restore(run.abstract_state)
+    graphdef, params = run.model_split(state)
+    c = config.labeler
+    net = NetLabeler(graphdef, params, tokenizer, schema, max_len=c.max_len, batch_size=c.eval_batch_size)
+    return net, config, step
+
+
 def net_labeler(config: ml_collections.ConfigDict, workdir: str, data: prepare.PreparedData) -> NetLabeler:
     """The trained ``NetLabeler`` of ``workdir`` (training it first if the stage has not finished)."""
     graphdef, params = run_labeler(config, workdir, data)

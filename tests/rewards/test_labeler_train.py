@@ -156,6 +156,21 @@ def test_a_finished_run_is_restored_not_retrained(trained):
     assert all(jax.tree.leaves(same))
 
 
+def test_a_finished_run_loads_from_its_workdir_alone(trained, tmp_path):
+    """``load_net_labeler`` (tools/labeler_devset.py --net) needs no data: config.json, the
+    labeler's tokenizer and its newest checkpoint."""
+    config, data, workdir, graphdef, params = trained
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=1, sort_keys=True))  # as radflow_jax.train does
+    net, loaded, step = lt.load_net_labeler(workdir)
+    assert step == config.labeler.num_steps and loaded.labeler.max_len == config.labeler.max_len
+    texts = lt.record_texts(data.splits["val"])[:12]
+    same = lt.NetLabeler(graphdef, params, net.tokenizer, CXR, max_len=config.labeler.max_len, batch_size=8)
+    np.testing.assert_array_equal(net.label_array(texts, CXR), same.label_array(texts, CXR))
+    with pytest.raises(FileNotFoundError):
+        lt.load_net_labeler(str(tmp_path))
+
+
 def test_training_resumes_exactly_from_a_checkpoint(tmp_path):
     data = _data(60, 8)
     config = _config(num_steps=4, checkpoint_every=2, log_every=2, size="toy", max_len=16)  # one shape
