@@ -42,5 +42,6 @@ def get_config(arg: str | None = None):
     c.rl.learning_rate = 1e-5
     c.rl.log_every, c.rl.checkpoint_every = 10, 100
     c.eval.batch_size = 64
+    c.eval.normalize = "r2gen_iu"  # R2Gen's clean_report_iu_xray before pycocoevalcap, as published numbers
     apply_args(c, arg, REAL_QUICK, "configs/iu_xray.py")
     return c

@@ -41,5 +41,6 @@ def get_config(arg: str | None = None):
     c.rl.learning_rate = 1e-5
     c.rl.log_every, c.rl.checkpoint_every = 10, 250
     c.eval.batch_size = 128
+    c.eval.normalize = "r2gen_mimic"  # R2Gen's clean_report_mimic_cxr before pycocoevalcap, as published numbers
     apply_args(c, arg, REAL_QUICK, "configs/mimic_cxr.py")
     return c
