@@ -6,11 +6,12 @@ the reward is jitted into the RL step. Terms, each in [0, 1] and logged on its o
 
 - ``fluency``: a mix of BLEU-4, ROUGE-L and (optional, /10) CIDEr-D of the report's words against
   the reference's, times the **format gate**. Given a ``words.WordTable`` (``word_table``), the
-  words are those of the default evaluation, ``eval.normalize="radflow"`` (``rewards/words.py``:
-  "1.5" and "245" whole, punctuation dropped, one ``.`` per sentence, Findings then Impression),
-  so the reward's BLEU/ROUGE-L/CIDEr-D equal ``evaluate``'s per-report scores; without one they
-  are the token ids (section tags, eos and padding removed), which differ wherever a word is not
-  one token. The gate is 1 when the
+  words are those the evaluation scores under the table's normaliser (``rewards/words.py``;
+  build it with ``normalize=config.eval.normalize``: ``radflow`` keeps "1.5" and "245" whole and
+  drops punctuation, R2Gen's cleaners delete it), Findings then Impression, so the reward's
+  BLEU/ROUGE-L/CIDEr-D equal ``evaluate``'s per-report scores; without one they are the token ids
+  (section tags, eos and padding removed), which differ wherever a word is not one token. The
+  gate is 1 when the
   report is exactly ``<findings> F <impression> I`` with each section non-empty where the
   reference's is (hierarchical mode only; R2Gen-style findings-only references need no
   Impression), its share of repeated 4-grams exceeds the reference's by at most ``repeat_margin``
@@ -397,7 +398,7 @@ def _nlg(cand, cand_mask, ref, ref_mask, cfg: RewardConfig, df_table) -> dict[st
 
 def _eval_words(table: words.WordTable, inputs: RewardInputs, gen: SectionMasks, ref: SectionMasks):
     """Word ids and masks ``(gen, gen_mask, ref, ref_mask)`` of the whole reports and of the
-    Impressions, the default evaluation's words; one ``report_words`` over all four, stacked."""
+    Impressions, the evaluation's words; one ``report_words`` over all four, stacked."""
     n, size = inputs.gen_tokens.shape[0], max(inputs.gen_tokens.shape[1], inputs.ref_tokens.shape[1])
 
     def pad(x):
@@ -424,9 +425,10 @@ def hierarchical_reward(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Total reward ``[N]`` and every term ``[N]`` (module docstring); pure and jittable.
 
-    ``word_table`` (``words.word_table(tokenizer)``): the NLG terms score the default evaluation's
-    words; a ``df_table`` for CIDEr-D must then be built over the same table's word ids
-    (``words.corpus_df``). Without it they score token ids (and ``df_table`` is ``nlg.build_df``'s).
+    ``word_table`` (``words.word_table(tokenizer, normalize=...)``): the NLG terms score the words
+    the evaluation scores under that normaliser; a ``df_table`` for CIDEr-D must then be built
+    over the same table's word ids (``words.corpus_df``). Without it they score token ids (and
+    ``df_table`` is ``nlg.build_df``'s).
 
     Terms in [0, 1]: ``fluency``, ``correctness``, ``consistency``, ``impression``, ``format_gate``
     and their parts (``bleu4``, ``rouge_l``, [``cider_d``], ``nlg``, ``gate_sections``,

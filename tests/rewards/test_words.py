@@ -52,6 +52,7 @@ PLANTED = [
      "XXXX opacity at T12, likely atelectasis. | Atelectasis."),
     ("Lungs are clear. | ", "Lungs are clear. Heart normal. | "),  # findings-only, as R2Gen data
     ("Findings: 1. 2. 3. Stable. | 12. Stable; 4. fine", "Stable. | Stable; fine."),
+    ("Stable.......... 11. Left. 2. 2. 2. Right. | 21. Clear.", "Stable. Left. Right. | Clear."),  # R2Gen quirks
 ]
 
 
@@ -127,7 +128,7 @@ def _eval_text(tok, ids: np.ndarray) -> str:
 ROWS = 512  # every words batch is padded to this many rows, so report_words compiles once
 
 
-def _read_words(tok, ids, mask, impression_from: int | None = None) -> list[list[str]]:
+def _read_words(tok, ids, mask, impression_from: int | None = None, normalize: str = "radflow") -> list[list[str]]:
     """``report_words`` of each row, as strings; rows from ``impression_from`` on read the
     Impression alone."""
     count = len(ids)
@@ -136,7 +137,7 @@ def _read_words(tok, ids, mask, impression_from: int | None = None) -> list[list
     section = np.asarray(masks.section).copy()
     if impression_from is not None:
         section[impression_from:][section[impression_from:] == 1] = 0
-    out = _WORDS(words.word_table(tok), ids, section, masks.spaced)
+    out = _WORDS(words.word_table(tok, normalize=normalize), ids, section, masks.spaced)
     keys, kept = np.asarray(out.keys), np.asarray(out.mask)
     return [[words.unpack(k) for k in keys[n][kept[n]]] for n in range(count)]
 
@@ -145,21 +146,24 @@ _MASKS = jax.jit(section_masks, static_argnums=2)
 _WORDS = jax.jit(words.report_words)
 
 
-@pytest.mark.parametrize("kind", ["word", "bpe"])
-def test_words_equal_the_evaluation_words(kind, corpus):
+@pytest.mark.parametrize("kind,normalize", [("word", "radflow"), ("bpe", "radflow"), ("word", "r2gen_iu"),
+                                            ("bpe", "r2gen_mimic")])
+def test_words_equal_the_evaluation_words(kind, normalize, corpus):
     """``report_words`` gives exactly the normalised evaluation words, for planted reports and for
     'generated' ones full of stray digits, points, tags and specials."""
-    assert words.NORMALIZE == metrics.DEFAULT_NORMALIZE  # the default evaluation's words
+    assert metrics.DEFAULT_NORMALIZE in words.NORMALIZERS
     tok = _tokenizer(corpus, kind)
     refs = [tok.encode(_target(t)) for pair in corpus for t in pair]
     rows = refs + _generated(tok, refs * 6, np.random.default_rng(0))
     assert 2 * len(rows) <= ROWS
     ids, mask = _pad(rows)
-    got = _read_words(tok, np.concatenate([ids, ids]), np.concatenate([mask, mask]), impression_from=len(rows))
+    got = _read_words(tok, np.concatenate([ids, ids]), np.concatenate([mask, mask]), impression_from=len(rows),
+                      normalize=normalize)
     for n in range(len(rows)):
         row = ids[n][mask[n]]
-        assert got[n] == words.text_words(_eval_text(tok, row)), tok.decode(row)
-        assert got[len(rows) + n] == words.text_words(parse_target(tok.decode(row)).impression), tok.decode(row)
+        assert got[n] == words.text_words(_eval_text(tok, row), normalize), tok.decode(row)
+        impression = parse_target(tok.decode(row)).impression
+        assert got[len(rows) + n] == words.text_words(impression, normalize), tok.decode(row)
 
 
 def _pycoco(cands: list[str], refs: list[str]) -> np.ndarray:
@@ -249,5 +253,8 @@ def test_word_ids_are_exact_and_known_words_keep_their_ids(tok):
     assert a[0] == a[3] == known["nodule"] and a[2] == known["15"] and b[0] == known["cm"]
     assert a[1] == b[1] >= len(known) and len({a[1], a[4], b[2]}) == 3
     assert words.unpack(words.pack("1.5")) == "1.5"
+    assert words.unpack(words.pack("b-lines")) == "b-lines"  # R2Gen keeps hyphens
     with pytest.raises(ValueError, match="is one or more of"):
-        words.pack("b-lines")
+        words.pack("b,lines")
+    with pytest.raises(ValueError, match="not 'none'"):
+        words.word_table(tok, normalize="none")
