@@ -84,23 +84,34 @@ class Runtime:
         with jax.set_mesh(self.mesh):
             return jax.jit(lambda: nnx.split(factory())[1], out_shardings=layout.shardings)()
 
+    def in_rules(self, jitted: Callable) -> Callable:
+        """``jitted`` traced and run with the activation-sharding rules active — only the jitted
+        call is inside the rules' mesh context: eager host-side work around it (RL metrics on numpy
+        arrays) must not become global-mesh computations, which deadlocked two processes at RL
+        step 2. ``.lower(*abstract_args)`` lowers it the same way (AOT compilation without
+        allocating: tools/memory_model.py)."""
+
+        def call(*args):
+            with self.activations():
+                return jitted(*args)
+
+        def lower(*args):
+            with self.activations():
+                return jitted.lower(*args)
+
+        call.lower = lower
+        return call
+
     def jit_step(self, step: Callable, layout: Layout, num_inputs: int = 1) -> Callable:
         """``step(state, *inputs) -> (state, metrics)`` jitted with the state sharded and donated,
-        traced and run with the activation-sharding rules active. Only the jitted call is inside
-        the rules' mesh context: eager host-side work around it (RL metrics on numpy arrays) must
-        not become global-mesh computations, which deadlocked two processes at RL step 2."""
+        run ``in_rules``."""
         jitted = jax.jit(
             step,
             in_shardings=(layout.shardings,) + (None,) * num_inputs,
             out_shardings=(layout.shardings, None),
             donate_argnums=0,
         )
-
-        def call(*args):
-            with self.activations():
-                return jitted(*args)
-
-        return call
+        return self.in_rules(jitted)
 
     def device_batch(
         self, batch: Mapping[str, np.ndarray], keys: Sequence[str], *, length_bucket: int = 0
