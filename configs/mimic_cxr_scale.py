@@ -21,11 +21,14 @@ arg         target                  mesh (data, fsdp, tensor)  remat   SFT batch
 
 Every target has 8 devices, so ``tools/memory_model.py`` compiles each stated mesh as it is on 8
 simulated CPU devices. A larger slice adds a ``data`` axis (``--config.mesh.shape.data=4`` on a
-v5p-64) with the global batches scaled by it: the per-device memory stays what ``docs/scaling.md``
-lists. Compute runs in bfloat16 (fp32 master weights, bf16 KL reference), the vision tower stays
-frozen after its warm-up or ``init.from_hf``, and log-probs are taken 128 target positions at a
-time. ``:<target>,quick`` shrinks the model (``toy``) and batches onto a 2x2x2 mesh for tests;
-``:<target>,flat`` etc. pick an ablation row as in the other configs.
+v5p-64) with the global batches scaled by it: the per-device memory stays what
+``docs/scaling.md`` lists, with the memory model and a throughput estimate per target. Compute
+runs in bfloat16 (fp32 master weights, bf16 KL reference), the vision tower stays frozen after
+its warm-up or ``init.from_hf``, and log-probs are taken 128 target positions at a time. On GPUs
+set ``XLA_PYTHON_CLIENT_MEM_FRACTION=0.92``: JAX preallocates 75 % of the card by default, and
+``1b_h100``/``7b_h100`` need ~59 GB of an 80 GB H100. ``:<target>,quick`` shrinks the model
+(``toy``) and batches onto a 2x2x2 mesh for tests; ``:<target>,flat`` etc. pick an ablation row
+as in the other configs.
 """
 
 import os
