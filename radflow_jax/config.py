@@ -265,7 +265,9 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, quick: dict, where
 QUICK = {
     "vision.num_steps": 6, "vision.batch_size": 8, "vision.log_every": 3, "vision.checkpoint_every": 3,
     "data.num_train": 64, "data.num_val": 16, "data.num_test": 16, "model.size": "toy",
+    "data.image_size": 64,
     "sft.num_steps": 12, "sft.batch_size": 8, "sft.log_every": 4, "sft.checkpoint_every": 6,
+    "sft.length_bucket": 0,  # one padded length: one compilation of each step, not one per bucket
     "labeler.num_steps": 20, "labeler.batch_size": 16, "labeler.log_every": 10,
     "labeler.checkpoint_every": 10,
     "rl.num_steps": 4, "rl.batch_size": 4, "rl.group_size": 2, "rl.max_new_tokens": 48,

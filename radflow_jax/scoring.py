@@ -26,6 +26,7 @@ from radflow_jax import metrics as metrics_lib
 from radflow_jax.data import prepare
 from radflow_jax.data.sections import Sections, parse_target
 from radflow_jax.parallel import distributed
+from radflow_jax.parallel import mesh as mesh_lib
 from radflow_jax.rewards import consistency, labeler
 from radflow_jax.schema import Schema
 from radflow_jax.rl.sampling import sample
@@ -59,6 +60,7 @@ def generate_split(
     )
     dataset = prepare.make_split_dataset(subset, config, e.split, train=False, batch_size=e.batch_size)
     max_new = e.max_new_tokens or config.data.max_target_len
+    mesh = mesh_lib.make_mesh(dict(config.mesh.shape))  # the run's mesh (runtime.Runtime builds the same)
     out: dict[str, str] = {}
     for i, batch in enumerate(dataset):
         result = sample(
@@ -70,6 +72,8 @@ def generate_split(
             greedy=True,
             eos_id=data.tokenizer.eos_id,
             pad_id=data.tokenizer.pad_id,
+            mesh=mesh,
+            rules=tuple(config.mesh.rules),
         )
         tokens = distributed.to_host(result.tokens)
         for row, index in enumerate(distributed.gather_rows(batch["index"])):

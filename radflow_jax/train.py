@@ -111,7 +111,9 @@ def main(argv: list[str]) -> None:
         label_fn = labeler.label_array
         if config.labeler.backend == "net":  # restores the trained labeler (trains it if missing)
             label_fn = labeler_train.net_labeler(config, workdir, data).label_array
-        rl_run, rl_state = run_rl(config, workdir, data, sft_run.train.policy_state(sft_state), label_fn, frozen)
+        sft_policy = sft_run.train.policy_state(sft_state)
+        sft_state = None  # the SFT optimizer state is not needed by RL: free it (a train state at 7b)
+        rl_run, rl_state = run_rl(config, workdir, data, sft_policy, label_fn, frozen)
     if "eval" in config.stages and (rl_state is not None or _has_checkpoint(workdir, "rl")):
         rl_run, rl_state, rl_step = _latest(config, workdir, data, "rl", rl_run, rl_state, frozen)
         _eval_once(config, workdir, data, rl_run, rl_state, stage="rl", step=rl_step)

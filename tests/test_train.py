@@ -45,14 +45,14 @@ def test_all_stages_end_to_end(tmp_path, modality):
 
 
 def test_rerun_resumes_instead_of_restarting(tmp_path):
-    args = ("--config=configs/cxr.py:quick", f"--workdir={tmp_path}",
+    args = ("--config=configs/cxr.py:quick", f"--workdir={tmp_path}", "--config.stages=('data','sft','rl')",
             "--config.sft.num_steps=8", "--config.rl.num_steps=2")
     assert _train(*args).returncode == 0
     rows = read_metrics(str(tmp_path))
     again = _train(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert read_metrics(str(tmp_path)) == rows  # nothing retrained
-    assert "up to date" in again.stdout
+    assert "[sft] resumed from step 8" in again.stdout and "[rl] resumed from step 2" in again.stdout
     longer = _train(*args[:-1], "--config.rl.num_steps=4")
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert "[rl] resumed from step 2" in longer.stdout

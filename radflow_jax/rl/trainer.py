@@ -26,7 +26,7 @@ from radflow_jax import optim
 from radflow_jax.data import prepare
 from radflow_jax.models.policy import token_scores
 from radflow_jax.parallel import distributed
-from radflow_jax.rewards import hierarchy, labeler
+from radflow_jax.rewards import hierarchy, labeler, words
 from radflow_jax.rl import capo, grpo
 from radflow_jax.rl.sampling import sample
 from radflow_jax.runtime import (
@@ -135,7 +135,8 @@ class RLRun:
         return self.runtime.device_batch(batch, MODEL_KEYS, length_bucket=self.config.sft.length_bucket)
 
 
-def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng, label_fn=labeler.label_array):
+def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng, label_fn=labeler.label_array,
+            word_table: words.WordTable | None = None):
     """One RL step: rollout, reward, advantages, CAPO, ``num_iterations`` updates → (state, metrics)."""
     config, rl = run.config, run.config.rl
     g = rl.group_size
@@ -145,6 +146,7 @@ def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng, label_f
         max_new_tokens=max_new_tokens(config), group_size=g,
         temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
         eos_id=data.tokenizer.eos_id, pad_id=data.tokenizer.pad_id,
+        mesh=run.runtime.mesh, rules=run.runtime.rules,
     )
     # The host needs the token ids for the labeler: every process gathers the whole rollout and
     # labels all of it, so the reward, advantages and CAPO see every group. Reference log-probs
@@ -171,7 +173,7 @@ def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng, label_f
         ref_mask=jnp.repeat(device["target_mask"], g, axis=0),
         gen_labels=jnp.asarray(gen_labels), ref_labels=jnp.repeat(jnp.asarray(ref_labels), g, axis=0),
     )
-    rewards, terms = run.reward_fn(inputs, reward_cfg)
+    rewards, terms = run.reward_fn(inputs, reward_cfg, None, word_table)
     advantages = grpo.group_advantages(rewards, g, scale=rl.scale_rewards)
     critical_index = capo.critical_index(data.schema)
     critical = capo.critical_cases(ref_labels[:, 0], critical_index)
@@ -221,6 +223,10 @@ def run_rl(
     rl = config.rl
     run = RLRun(config, data.tokenizer.vocab_size, frozen=frozen)
     reward_cfg = hierarchy.reward_config_from(config.reward, data.schema)
+    # The NLG terms score the words the evaluation's normaliser reads (``none`` has no on-device
+    # counterpart: the project's own normaliser stands in).
+    normalize = config.eval.normalize if config.eval.normalize in words.NORMALIZERS else "radflow"
+    word_table = words.word_table(data.tokenizer, normalize=normalize)
     iterator = iter(prepare.make_split_dataset(data, config, "train", train=True, batch_size=rl.batch_size,
                                                augment=rl.augment))
     checkpointer = ckpt_lib.Checkpointer(
@@ -237,7 +243,7 @@ def run_rl(
 
     def one_step(state, step):
         return rl_step(run, state, reference, next(iterator), reward_cfg, data,
-                       jax.random.fold_in(key, step), label_fn)
+                       jax.random.fold_in(key, step), label_fn, word_table)
 
     state = run_loop("rl", workdir, state=state, step=step, num_steps=rl.num_steps, one_step=one_step,
                      checkpointer=checkpointer, iterator=iterator, config=config.to_dict(),
