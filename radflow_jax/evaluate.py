@@ -62,7 +62,7 @@ def main(argv: list[str]) -> None:
         data = prepare_lib.prepare_data(config, _WORKDIR.value)
         graphdef, params = nnx.split(run.train.policy(state))
         result = evaluate_policy(graphdef, params, data, config, _WORKDIR.value, stage=stage,
-                                 step=step, device_batch=run.device_batch, normalize=_NORMALIZE.value)
+                                 step=step, runtime=run.runtime, normalize=_NORMALIZE.value)
     else:
         if not (_PREDICTIONS.value and _REFERENCES.value):
             raise app.UsageError("--predictions and --references go together")

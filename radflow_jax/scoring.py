@@ -23,10 +23,10 @@ from absl import logging
 from flax import nnx
 
 from radflow_jax import metrics as metrics_lib
+from radflow_jax import runtime as runtime_lib
 from radflow_jax.data import prepare
 from radflow_jax.data.sections import Sections, parse_target
 from radflow_jax.parallel import distributed
-from radflow_jax.parallel import mesh as mesh_lib
 from radflow_jax.rewards import consistency, labeler
 from radflow_jax.schema import Schema
 from radflow_jax.rl.sampling import sample
@@ -44,7 +44,7 @@ def generate_split(
     params: nnx.State,
     data: prepare.PreparedData,
     config: ml_collections.ConfigDict,
-    device_batch,
+    runtime: runtime_lib.Runtime,
 ) -> dict[str, str]:
     """Greedy report per case of ``config.eval.split``: {case id: generated target text}.
 
@@ -60,20 +60,19 @@ def generate_split(
     )
     dataset = prepare.make_split_dataset(subset, config, e.split, train=False, batch_size=e.batch_size)
     max_new = e.max_new_tokens or config.data.max_target_len
-    mesh = mesh_lib.make_mesh(dict(config.mesh.shape))  # the run's mesh (runtime.Runtime builds the same)
     out: dict[str, str] = {}
     for i, batch in enumerate(dataset):
         result = sample(
             graphdef,
             params,
-            device_batch(batch),
+            runtime.device_batch(batch, runtime_lib.MODEL_KEYS, length_bucket=config.sft.length_bucket),
             rng=jax.random.key(0),
             max_new_tokens=max_new,
             greedy=True,
             eos_id=data.tokenizer.eos_id,
             pad_id=data.tokenizer.pad_id,
-            mesh=mesh,
-            rules=tuple(config.mesh.rules),
+            mesh=runtime.mesh,
+            rules=runtime.rules,
         )
         tokens = distributed.to_host(result.tokens)
         for row, index in enumerate(distributed.gather_rows(batch["index"])):
@@ -144,7 +143,7 @@ def evaluate_policy(
     *,
     stage: str,
     step: int,
-    device_batch,
+    runtime: runtime_lib.Runtime,
     normalize: str | None = None,
 ) -> dict:
     """Decodes and scores the eval split; writes ``DIR/eval/<stage>.json``; returns the metrics.
@@ -155,7 +154,7 @@ def evaluate_policy(
     ``metrics.DEFAULT_NORMALIZE`` until the config carries one.
     """
     start = time.perf_counter()
-    generated = generate_split(graphdef, params, data, config, device_batch)
+    generated = generate_split(graphdef, params, data, config, runtime)
     if not distributed.is_writer():
         return {}
     records = {r.id: r for r in data.splits[config.eval.split] if r.id in generated}

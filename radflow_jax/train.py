@@ -161,7 +161,7 @@ def _eval_once(config, workdir, data, run, state, *, stage: str, step: int) -> N
                 return
     graphdef, params = nnx.split(run.train.policy(state))
     metrics = evaluate_policy(
-        graphdef, params, data, config, workdir, stage=stage, step=step, device_batch=run.device_batch
+        graphdef, params, data, config, workdir, stage=stage, step=step, runtime=run.runtime
     )
     print("[eval] " + ", ".join(f"{k}={metrics[k]:.3f}" for k in HEADLINE if metrics.get(k) is not None))
 
