@@ -102,13 +102,13 @@ class Runtime:
         call.lower = lower
         return call
 
-    def jit_step(self, step: Callable, layout: Layout, num_inputs: int = 1) -> Callable:
-        """``step(state, *inputs) -> (state, metrics)`` jitted with the state sharded and donated,
-        run ``in_rules``."""
+    def jit_step(self, step: Callable, layout: Layout, num_inputs: int = 1, num_outputs: int = 1) -> Callable:
+        """``step(state, *inputs) -> (state, metrics, ...)`` jitted with the state sharded and
+        donated, run ``in_rules``; ``num_outputs`` counts the outputs after the state."""
         jitted = jax.jit(
             step,
             in_shardings=(layout.shardings,) + (None,) * num_inputs,
-            out_shardings=(layout.shardings, None),
+            out_shardings=(layout.shardings,) + (None,) * num_outputs,
             donate_argnums=0,
         )
         return self.in_rules(jitted)

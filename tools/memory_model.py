@@ -296,6 +296,8 @@ def compiled_memory(config, run_config, vocab: int, frozen: tuple[str, ...], par
         "eps_high": ((n,), f32), "beta": ((n,), f32), "token_weights": ((n, new), f32),
         "truncated": ((n,), bool),
     }, run.runtime)
+    rollout["first_pass"] = jax.ShapeDtypeStruct((), bool, sharding=jax.sharding.NamedSharding(
+        run.runtime.mesh, jax.sharding.PartitionSpec()))
     policy = run.train.abstract_state[0]
     if "grpo" in parts:
         timed("grpo", lambda: run.update_fn.lower(run.train.abstract_state, batch, rollout).compile(),

@@ -294,16 +294,15 @@ def _windows(ids: jax.Array, n: int) -> jax.Array:
 
 def _lex_less(a: jax.Array, b: jax.Array) -> jax.Array:
     """Row-wise lexicographic ``a < b`` over the last axis."""
-    less = jnp.zeros(a.shape[:-1], bool)
+    less = jnp.zeros(jnp.broadcast_shapes(a.shape, b.shape)[:-1], bool)
     for k in reversed(range(a.shape[-1])):
         less = (a[..., k] < b[..., k]) | ((a[..., k] == b[..., k]) & less)
     return less
 
 
-def _lookup_idf(
-    table: jax.Array, idf: jax.Array, missing: jax.Array, queries: jax.Array
-) -> jax.Array:
-    """idf of each query n-gram ``[..., n]`` (``missing`` when absent): binary search."""
+def sorted_lookup(table: jax.Array, queries: jax.Array) -> jax.Array:
+    """Row of ``table`` (``[M, w]``, rows sorted lexicographically) equal to each query
+    ``[..., w]``, or -1: a jitted binary search (n-gram idf here, word ids in ``words``)."""
     size = table.shape[0]
 
     def step(_, bounds):
@@ -317,8 +316,15 @@ def _lookup_idf(
     hi = jnp.full(queries.shape[:-1], size, jnp.int32)
     lo, _ = jax.lax.fori_loop(0, int(size).bit_length(), step, (lo, hi))
     idx = jnp.minimum(lo, size - 1)
-    found = (lo < size) & jnp.all(table[idx] == queries, -1)
-    return jnp.where(found, idf[idx], missing)
+    return jnp.where((lo < size) & jnp.all(table[idx] == queries, -1), idx, -1)
+
+
+def _lookup_idf(
+    table: jax.Array, idf: jax.Array, missing: jax.Array, queries: jax.Array
+) -> jax.Array:
+    """idf of each query n-gram ``[..., n]`` (``missing`` when absent)."""
+    idx = sorted_lookup(table, queries)
+    return jnp.where(idx >= 0, idf[jnp.maximum(idx, 0)], missing)
 
 
 @functools.partial(jax.jit, static_argnames=("sigma",))

@@ -421,29 +421,6 @@ def report_words(table: WordTable, tokens: jax.Array, section: jax.Array, spaced
     return Words(keys, jnp.concatenate([starts | period, final[:, None]], -1))
 
 
-def _lookup(vocab: jax.Array, keys: jax.Array) -> jax.Array:
-    """Row of ``vocab`` (sorted) equal to each key ``[..., KEY_WIDTH]``, or -1: binary search."""
-    size = vocab.shape[0]
-
-    def less(a, b):  # lexicographic a < b over the last axis
-        out = jnp.zeros(jnp.broadcast_shapes(a.shape, b.shape)[:-1], bool)
-        for k in reversed(range(a.shape[-1])):
-            out = (a[..., k] < b[..., k]) | ((a[..., k] == b[..., k]) & out)
-        return out
-
-    def step(_, bounds):
-        lo, hi = bounds
-        mid = (lo + hi) // 2
-        go_right = less(vocab[jnp.minimum(mid, size - 1)], keys)
-        active = lo < hi
-        return jnp.where(active & go_right, mid + 1, lo), jnp.where(active & ~go_right, mid, hi)
-
-    lo = jnp.zeros(keys.shape[:-1], jnp.int32)
-    lo, _ = jax.lax.fori_loop(0, int(size).bit_length(), step, (lo, jnp.full_like(lo, size)))
-    idx = jnp.minimum(lo, size - 1)
-    return jnp.where(jnp.all(vocab[idx] == keys, -1), idx, -1)
-
-
 def word_ids(table: WordTable, *streams: Words) -> list[jax.Array]:
     """Integer ids of the words of several streams of the same rows (a candidate and its
     references): a known word's ``vocab`` row, otherwise ``M +`` its rank among the row's other
@@ -456,7 +433,7 @@ def word_ids(table: WordTable, *streams: Words) -> list[jax.Array]:
     new = jnp.any(ordered[:, 1:] != ordered[:, :-1], -1)
     rank = jnp.concatenate([jnp.zeros((batch, 1), jnp.int32), jnp.cumsum(new, -1, dtype=jnp.int32)], -1)
     rank = jnp.zeros((batch, size), jnp.int32).at[jnp.arange(batch)[:, None], slot].set(rank)
-    known = _lookup(table.vocab, keys)
+    known = nlg.sorted_lookup(table.vocab, keys)
     ids = jnp.where(known >= 0, known, table.vocab.shape[0] + rank)
     out, start = [], 0
     for s in streams:

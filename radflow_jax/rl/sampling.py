@@ -5,8 +5,8 @@ the cache is then repeated to the row's ``group_size`` members (row b -> outputs
 and every member decodes on its own. The loop stops as soon as every sequence has emitted EOS.
 
 Returned ``logprobs`` are those of the sampled tokens under the *unmodified* policy (temperature
-1, no top-k/top-p): GRPO uses them as the old-policy log-probs, and they equal what
-``models.policy.token_scores`` gives for the same tokens.
+1, no top-k/top-p), as ``models.policy.token_scores`` gives them up to the decode's rounding. GRPO
+does not use them: its log-probs are teacher-forced at the sampling temperature (``rl/trainer.py``).
 
 The KV cache is an explicit pytree (``KVCache``, all layers in one array per keys/values) carried
 through the loop, so XLA updates it in place; nothing outside the jitted function holds it.

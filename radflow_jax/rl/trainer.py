@@ -6,6 +6,12 @@ reference policy's log-probs, everything after the labels is jitted (``rewards.h
 group-relative advantages; ``num_iterations`` jitted updates of the clipped GRPO loss with the
 per-sample trust region and KL of CAPO and the local-sensitivity token weights. The SFT policy is
 the frozen KL reference. Checkpoints and resume work as in SFT.
+
+Log-probs follow TRL's GRPO: the current, old and reference log-probs are all teacher-forced at
+the sampling temperature (logits / T), never taken from the sampler (in bf16 its incremental
+decode differs from teacher forcing by up to ~2 %, which would fire CAPO's tight clip on
+unchanged weights). The old log-probs are the first update's own current log-probs, detached, so
+the ratio is exactly 1 on the first pass in every dtype; later passes reuse them.
 """
 
 from __future__ import annotations
@@ -49,10 +55,12 @@ def rollout_batch(batch: Mapping[str, jax.Array], tokens, mask, group_size: int)
     return out
 
 
-def sequence_logprobs(graphdef, params, batch, tokens, mask, group_size: int, chunk_size: int = 0) -> jax.Array:
-    """log π(token) of each sampled token under ``params`` (the frozen reference here)."""
+def sequence_logprobs(graphdef, params, batch, tokens, mask, group_size: int, temperature: float = 1.0,
+                      chunk_size: int = 0) -> jax.Array:
+    """log π(token) at ``temperature`` of each sampled token under ``params`` (the frozen reference)."""
     tf_batch = rollout_batch(batch, tokens, mask, group_size)
-    return token_scores(nnx.merge(graphdef, params), tf_batch, chunk_size=chunk_size).logp
+    return token_scores(nnx.merge(graphdef, params), tf_batch, temperature=temperature,
+                        chunk_size=chunk_size).logp
 
 
 def update_step(
@@ -65,18 +73,27 @@ def update_step(
     loss_type: str,
     max_completion_length: int,
     mask_truncated_completions: bool,
+    temperature: float = 1.0,
     frozen: tuple[str, ...] = (),
     chunk_size: int = 0,
-) -> tuple[nnx.State, dict[str, jax.Array]]:
-    """One optimizer update of the GRPO loss on a scored rollout (pure; jitted with donation)."""
+) -> tuple[nnx.State, dict[str, jax.Array], jax.Array]:
+    """One optimizer update of the GRPO loss on a scored rollout (pure; jitted with donation)
+    → (state, metrics, old log-probs).
+
+    On the first pass (``rollout["first_pass"]``) the old log-probs are this pass's current ones,
+    detached: ratio 1 exactly, the on-policy gradient. They are returned so that later passes
+    (``num_iterations > 1``) measure the ratio against the policy that sampled; the flag is traced,
+    so every pass runs one compiled program.
+    """
     model, optimizer = nnx.merge(graphdef, state)
     tf_batch = rollout_batch(batch, rollout["tokens"], rollout["mask"], group_size)
 
     def loss_fn(m):
-        scores = token_scores(m, tf_batch, chunk_size=chunk_size)
+        scores = token_scores(m, tf_batch, temperature=temperature, chunk_size=chunk_size)
+        old_logp = jnp.where(rollout["first_pass"], jax.lax.stop_gradient(scores.logp), rollout["old_logp"])
         loss, aux = grpo.grpo_loss(
             scores.logp,
-            rollout["old_logp"],
+            old_logp,
             rollout["ref_logp"],
             rollout["advantages"],
             rollout["mask"],
@@ -91,11 +108,12 @@ def update_step(
         )
         mask = rollout["mask"]
         aux = dict(aux, entropy=scores.entropy.sum() / jnp.maximum(mask.sum(), 1))
-        return loss, aux
+        return loss, (aux, old_logp)
 
-    (loss, aux), grads = value_and_grad_trainable(loss_fn, model, frozen)
+    (loss, (aux, old_logp)), grads = value_and_grad_trainable(loss_fn, model, frozen)
     optimizer.update(model, grads)
-    return nnx.state((model, optimizer)), dict(aux, loss=loss, grad_norm=optax.tree.norm(grads))
+    metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads))
+    return nnx.state((model, optimizer)), metrics, old_logp
 
 
 class RLRun:
@@ -118,15 +136,17 @@ class RLRun:
                 loss_type=rl.loss_type,
                 max_completion_length=max_new_tokens(config),
                 mask_truncated_completions=rl.mask_truncated_completions,
+                temperature=rl.temperature,
                 frozen=self.train.frozen,
                 chunk_size=config.model.logits_chunk,
             ),
             self.train.layout,
             num_inputs=2,
+            num_outputs=2,
         )
         self.ref_logp_fn = self.runtime.in_rules(jax.jit(
             functools.partial(sequence_logprobs, self.train.policy_def, group_size=rl.group_size,
-                              chunk_size=config.model.logits_chunk)
+                              temperature=rl.temperature, chunk_size=config.model.logits_chunk)
         ))  # (reference policy variables, batch, tokens, mask) -> log-probs; activations laid out by
         # the rules (without them XLA replicated the attention rows: 3.5x the temp memory at 7b)
 
@@ -183,12 +203,13 @@ def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng, label_f
         kappa=config.capo.kappa, gamma=config.capo.gamma, group_size=g, enabled=config.capo.enabled,
     )
     rollout = {
-        "tokens": tokens, "mask": mask, "old_logp": out.logprobs[:, :length], "ref_logp": ref_logp,
-        "advantages": advantages, "eps_low": jnp.asarray(eps_low), "eps_high": jnp.asarray(eps_high),
+        "tokens": tokens, "mask": mask, "ref_logp": ref_logp, "old_logp": jnp.zeros_like(ref_logp),
+        "first_pass": jnp.asarray(True), "advantages": advantages, "eps_low": jnp.asarray(eps_low), "eps_high": jnp.asarray(eps_high),
         "beta": jnp.asarray(beta), "token_weights": jnp.asarray(weights), "truncated": out.truncated,
     }
     for _ in range(rl.num_iterations):
-        state, update_metrics = run.update_fn(state, device, rollout)
+        state, update_metrics, rollout["old_logp"] = run.update_fn(state, device, rollout)
+        rollout["first_pass"] = jnp.asarray(False)
     metrics = {f"reward/{k}": jnp.mean(v) for k, v in terms.items()}
     metrics["reward"] = jnp.mean(rewards)
     metrics.update(update_metrics)
