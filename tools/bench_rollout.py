@@ -114,9 +114,9 @@ def main() -> None:
                                          num_return_sequences=args.group, max_new_tokens=new, min_new_tokens=new)
             return out[:, hf_in["input_ids"].shape[1]:].numpy()
 
-        ratios = {}
+        ratios, ours_time = {}, {}
         for mode, greedy in (("greedy", True), ("sampled", False)):
-            t_ours = roofline.median_time(lambda: ours(greedy), args.repeats)
+            t_ours = ours_time[mode] = roofline.median_time(lambda: ours(greedy), args.repeats)
             t_hf = roofline.median_time(lambda: hf(greedy), args.repeats)
             ratios[mode] = t_hf / t_ours
             equal = ""
@@ -130,8 +130,7 @@ def main() -> None:
                          f"{ratios[mode]:6.2f}  {equal}")
             print(lines[-1], flush=True)
         result["ratio_vs_hf"][size] = {k: round(v, 3) for k, v in ratios.items()}
-        step = (roofline.median_time(lambda: ours(True), args.repeats)
-                - roofline.median_time(lambda: ours(True, 1), args.repeats)) / (new - 1)
+        step = (ours_time["greedy"] - roofline.median_time(lambda: ours(True, 1), args.repeats)) / (new - 1)
         flops, nbytes = roofline.decode_step_cost(cfg, rows, cfg.vision.num_patches + PROMPT_LEN + new)
         predicted = max(flops / rate, nbytes / bandwidth)
         result["decode_step_ms"][size] = round(step * 1e3, 3)

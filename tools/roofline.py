@@ -26,6 +26,7 @@ def timed(fn: Callable[[], object], repeats: int = 3) -> list[float]:
 
 
 def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
+    """Median of ``timed``: robust to one slow call on a shared machine."""
     return statistics.median(timed(fn, repeats))
 
 
