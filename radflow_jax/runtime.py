@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from radflow_jax.models.policy import Policy, PolicyConfig, policy_config
 from radflow_jax.models.sharding import sharding_rules
@@ -74,6 +75,11 @@ class Runtime:
         """The context in which jitted steps shard their activations (and the KV cache) by the
         same logical rules as the parameters; trace and run every step inside it."""
         return sharding_rules(self.mesh, self.rules)
+
+    def replicated(self, value: Any) -> Any:
+        """Host values (the same on every process: labels, token weights, flags) as arrays
+        replicated over the mesh — an explicit transfer, allowed under ``jax.transfer_guard``."""
+        return jax.device_put(value, NamedSharding(self.mesh, PartitionSpec()))
 
     def layout(self, factory: Callable[[], Any]) -> Layout:
         """The layout of what ``factory()`` builds, without allocating it."""

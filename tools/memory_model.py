@@ -119,13 +119,14 @@ def analytic_memory(cfg, config, mesh: dict[str, int], frozen: tuple[str, ...]) 
     out["train_state"] = out["params"] + out["optimizer"]
     gathered = (counts["dec_layer"] / tensor) if fsdp > 1 else 0.0  # one layer's weights, all of them
 
-    def activations(rows: int, target: int, train: bool) -> float:
+    def activations(rows: int, target: int, train: bool, image_rows: int | None = None) -> float:
+        """``image_rows``: the cases whose images are encoded (an RL group shares its case's)."""
         length = n_img + d.max_prompt_len + target - 1
         rows_local = rows / rows_shards
         tokens = rows_local * length
         working = (decoder_stash_per_token(t, "none", tensor, length) + 6 * heads * length) * tokens
         layers = (v.layers + 1) if (train and "vision_tower" not in frozen) else 1
-        vision = layers * vit_forward_per_token(v, tensor) * rows_local * n_img
+        vision = layers * vit_forward_per_token(v, tensor) * (image_rows or rows) / rows_shards * n_img
         chunk = min(config.model.logits_chunk or target, target)
         logits = 3 * 4 * rows_local * chunk * _split(t.vocab_size, tensor)
         embed_table = 4 * _split(t.vocab_size, tensor) * t.hidden
@@ -146,9 +147,9 @@ def analytic_memory(cfg, config, mesh: dict[str, int], frozen: tuple[str, ...]) 
     out["sft_temp"] = out["grads"] + accum_carry + out["sft_activations"]
     new = r.max_new_tokens or d.max_target_len
     completions = r.batch_size * r.group_size
-    out["grpo_activations"] = activations(completions, new, train=True)
+    out["grpo_activations"] = activations(completions, new, train=True, image_rows=r.batch_size)
     out["grpo_temp"] = out["grads"] + out["grpo_activations"]
-    out["reference_temp"] = activations(completions, new, train=False) if r.beta > 0 else 0.0
+    out["reference_temp"] = activations(completions, new, train=False, image_rows=r.batch_size) if r.beta > 0 else 0.0
     capacity = n_img + d.max_prompt_len + new
     out["kv_cache"] = (2 * 2 * t.layers * completions / rows_shards * capacity
                        * _split(t.kv_heads, tensor) * t.head_dim)
@@ -369,7 +370,9 @@ def flops_per_sequence(cfg, prompt_len: int, target_len: int, views: int, frozen
     train = 3 * (decoder + head + projector) + (1 if "vision_tower" in frozen else 3) * vision
     prefix = views * n + prompt_len  # a rollout's prefill: the image and prompt tokens, once per prompt
     prefill = 2 * t.layers * c["dec_layer"] * prefix + 4 * t.layers * prefix * prefix * q + vision + projector
-    return dict(forward=forward, train=train, prefill=prefill)
+    image_train = (1 if "vision_tower" in frozen else 3) * vision + 3 * projector
+    return dict(forward=forward, train=train, prefill=prefill, image_forward=vision + projector,
+                image_train=image_train)
 
 
 def throughput(cfg, config, mesh: dict[str, int], frozen: tuple[str, ...], chip: dict) -> dict[str, float]:
@@ -394,8 +397,11 @@ def throughput(cfg, config, mesh: dict[str, int], frozen: tuple[str, ...], chip:
     # what-if: decode from a bf16 copy of the decoder gathered once per rollout (no per-token gather)
     copy_step = max(step_flops / peak, (2 * decoder_params / mesh["tensor"] + kv_local)
                     / (chip["hbm_tbps"] * 1e12 * HBM_EFFICIENCY))
-    update_s = n * r.num_iterations * rl["train"] / (devices * peak)
-    reference_s = (n * rl["forward"] / (devices * peak)) if r.beta > 0 else 0.0
+    # a group's G completions share their case's image features: the images run once per case
+    update_flops = n * (rl["train"] - rl["image_train"]) + r.batch_size * rl["image_train"]
+    forward_flops = n * (rl["forward"] - rl["image_forward"]) + r.batch_size * rl["image_forward"]
+    update_s = r.num_iterations * update_flops / (devices * peak)
+    reference_s = (forward_flops / (devices * peak)) if r.beta > 0 else 0.0
     prefill_s = r.batch_size * rl["prefill"] / (devices * peak)
     rollout_s = prefill_s + new * decode_step
     step_s = rollout_s + reference_s + update_s

@@ -206,7 +206,15 @@ class Policy(nnx.Module):
         return feats.reshape(b, v * n, -1), mask
 
     def _embed(self, image, view_mask, tokens, token_mask):
+        """``[images][tokens]`` embeddings. With ``G`` times as many token rows as image rows
+        (an RL group: row b's completions are rows b*G .. b*G+G-1), each case's images are encoded
+        once and their features shared by its G rows."""
         img, img_mask = self.encode_images(image, view_mask)
+        b, n = image.shape[0], tokens.shape[0]
+        if n != b:
+            if n % b:
+                raise ValueError(f"{n} token rows are not a whole group of {b} image rows")
+            img, img_mask = jnp.repeat(img, n // b, axis=0), jnp.repeat(img_mask, n // b, axis=0)
         x = jnp.concatenate([img, self.language_model.embed(tokens)], axis=1)
         mask = jnp.concatenate([img_mask, token_mask.astype(bool)], axis=1)
         if x.shape[1] > self.cfg.text.max_seq_len:

@@ -16,8 +16,10 @@ the ratio is exactly 1 on the first pass in every dtype; later passes reuse them
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
+import time
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -49,8 +51,10 @@ def _repeat(x: jax.Array, g: int) -> jax.Array:
 
 
 def rollout_batch(batch: Mapping[str, jax.Array], tokens, mask, group_size: int) -> dict:
-    """The teacher-forcing batch of the sampled completions (prefix repeated to the group)."""
-    out = {k: _repeat(batch[k], group_size) for k in ("image", "view_mask", "prompt_tokens", "prompt_mask")}
+    """The teacher-forcing batch of the sampled completions: the prompt repeated to the group, the
+    images not (the policy encodes each case's images once and shares the features, ``Policy._embed``)."""
+    out = {k: batch[k] for k in ("image", "view_mask")}
+    out.update({k: _repeat(batch[k], group_size) for k in ("prompt_tokens", "prompt_mask")})
     out["target_tokens"], out["target_mask"] = tokens, mask
     return out
 
@@ -116,6 +120,29 @@ def update_step(
     return nnx.state((model, optimizer)), metrics, old_logp
 
 
+@dataclasses.dataclass(frozen=True)
+class ScoreSettings:
+    """The static part of ``score_rollout``: group size, advantage scaling and CAPO's knobs."""
+
+    group_size: int
+    scale_rewards: str
+    critical_index: tuple[int, ...]
+    epsilon_low: float
+    epsilon_high: float
+    beta: float
+    kappa: float
+    gamma: float
+    capo: bool
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, schema) -> ScoreSettings:
+        rl = config.rl
+        return cls(group_size=rl.group_size, scale_rewards=rl.scale_rewards,
+                   critical_index=capo.critical_index(schema), epsilon_low=rl.epsilon,
+                   epsilon_high=rl.epsilon_high, beta=rl.beta, kappa=config.capo.kappa,
+                   gamma=config.capo.gamma, capo=config.capo.enabled)
+
+
 class RLRun:
     """The RL stage on devices: the runtime and policy state SFT uses too (so an SFT checkpoint
     and an RL one restore alike), the RL optimizer, and the jitted rollout-scoring and update."""
@@ -127,7 +154,6 @@ class RLRun:
         self.tx, self.schedule = optim.make_optimizer(rl)
         self.train = PolicyTrainState(self.runtime, make_policy_config(config, vocab_size), self.tx,
                                       frozen=frozen, seed=config.seed)
-        self.reward_fn = jax.jit(hierarchy.hierarchical_reward, static_argnums=1)
         self.update_fn = self.runtime.jit_step(
             functools.partial(
                 update_step,
@@ -151,15 +177,78 @@ class RLRun:
         # the rules (without them XLA replicated the attention rows: 3.5x the temp memory at 7b)
 
     def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-        """Model inputs as global arrays, targets trimmed to the global batch's length bucket."""
-        return self.runtime.device_batch(batch, MODEL_KEYS, length_bucket=self.config.sft.length_bucket)
+        """Model inputs as global arrays. The reference targets keep the data's full length: RL
+        only scores them, and a fixed length means the reward compiles once per completion
+        bucket (not once per pair of buckets) and no cross-process max is needed for it."""
+        return self.runtime.device_batch(batch, MODEL_KEYS)
+
+
+@functools.partial(jax.jit, static_argnames="length")
+def trim_completions(tokens: jax.Array, mask: jax.Array, lengths: jax.Array, truncated: jax.Array,
+                     length: int) -> tuple[jax.Array, jax.Array, jax.Array, dict[str, jax.Array]]:
+    """The rollout cut to its padded completion length → (tokens, mask, zero log-probs, metrics).
+
+    One program per length bucket, so the reference pass, reward and update compile once per
+    bucket, not once per longest completion."""
+    stats = dict(response_length=jnp.mean(lengths.astype(jnp.float32)),
+                 truncated_fraction=jnp.mean(truncated.astype(jnp.float32)))
+    return tokens[:, :length], mask[:, :length], jnp.zeros((tokens.shape[0], length), jnp.float32), stats
+
+
+@functools.partial(jax.jit, static_argnames=("reward_cfg", "settings"))
+def score_rollout(
+    gen_tokens: jax.Array,
+    gen_mask: jax.Array,
+    gen_labels: jax.Array,
+    batch: Mapping[str, jax.Array],
+    ref_labels: jax.Array,
+    word_table: words.WordTable | None,
+    *,
+    reward_cfg: hierarchy.RewardConfig,
+    settings: ScoreSettings,
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Labels → reward, group advantages and CAPO's per-sample trust region, in one program.
+
+    ``gen_*`` hold one row per completion, ``batch`` (its ``target_*``) and ``ref_labels`` one per
+    case. Returns (what the update reads: ``advantages``, ``eps_low``, ``eps_high``, ``beta``;
+    the step's reward and CAPO metrics).
+    """
+    g = settings.group_size
+    inputs = hierarchy.RewardInputs(
+        gen_tokens=gen_tokens, gen_mask=gen_mask, gen_labels=gen_labels,
+        ref_tokens=_repeat(batch["target_tokens"], g), ref_mask=_repeat(batch["target_mask"], g),
+        ref_labels=_repeat(ref_labels, g),
+    )
+    rewards, terms = hierarchy.hierarchical_reward(inputs, reward_cfg, None, word_table)
+    ref_labels = ref_labels[:, 0]
+    critical = capo.critical_cases(ref_labels, settings.critical_index)
+    d = capo.group_disagreement(inputs.gen_labels[:, 0], ref_labels, settings.critical_index, g)
+    eps_low, eps_high, beta = capo.per_sample_trust_region(
+        critical, d, epsilon_low=settings.epsilon_low, epsilon_high=settings.epsilon_high,
+        beta=settings.beta, kappa=settings.kappa, gamma=settings.gamma, group_size=g,
+        enabled=settings.capo,
+    )
+    update = dict(advantages=grpo.group_advantages(rewards, g, scale=settings.scale_rewards),
+                  eps_low=eps_low, eps_high=eps_high, beta=beta)
+    metrics = {f"reward/{k}": jnp.mean(v) for k, v in terms.items()}
+    metrics["reward"] = jnp.mean(rewards)
+    metrics.update(capo.capo_metrics(critical, d, eps_low, eps_high, beta, g))
+    return update, metrics
 
 
 def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng, label_fn=labeler.label_array,
             word_table: words.WordTable | None = None):
-    """One RL step: rollout, reward, advantages, CAPO, ``num_iterations`` updates → (state, metrics)."""
+    """One RL step: rollout, reward, advantages, CAPO, ``num_iterations`` updates → (state, metrics).
+
+    Every host↔device copy is explicit (``device_put``/``to_host``), so the step runs under
+    ``jax.transfer_guard("disallow")``. ``time/*`` metrics split the step's wall time: the
+    rollout (until its tokens are on the host), labeling (host: decode, labeler, CAPO token
+    weights — the reference pass runs on the devices meanwhile), scoring (reward, advantages,
+    CAPO) and the update (the rest of the reference pass, then the updates).
+    """
     config, rl = run.config, run.config.rl
     g = rl.group_size
+    clock = time.perf_counter()
     device = run.device_batch(batch)
     out = sample(
         run.train.policy_def, run.train.policy_state(state), device, rng=rng,
@@ -172,51 +261,41 @@ def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng, label_f
     # labels all of it, so the reward, advantages and CAPO see every group. Reference log-probs
     # are dispatched before the host work starts, so the devices compute them meanwhile.
     tokens_np, mask_np = distributed.to_host(out.tokens), distributed.to_host(out.mask)
+    timing = {"time/rollout": time.perf_counter() - clock}
+    clock = time.perf_counter()
     length = bucket_length(int(mask_np.sum(axis=1).max(initial=1)), config.sft.length_bucket, tokens_np.shape[1])
-    tokens, mask = out.tokens[:, :length], out.mask[:, :length]
-    if rl.beta > 0:
-        ref_logp = run.ref_logp_fn(ref_params, device, tokens, mask)
-    else:  # no KL term at all: no reference pass (ref_params is None)
-        ref_logp = jnp.zeros(tokens.shape, jnp.float32)
+    tokens, mask, zeros, stats = trim_completions(out.tokens, out.mask, out.lengths, out.truncated, length=length)
+    # no KL term at all (beta == 0, ref_params is None): no reference pass
+    ref_logp = run.ref_logp_fn(ref_params, device, tokens, mask) if rl.beta > 0 else zeros
     tokens_np, mask_np = tokens_np[:, :length], mask_np[:, :length]
     texts = [data.tokenizer.decode(t) for t in tokens_np]
-    ref_texts = [data.tokenizer.decode(t) for t in distributed.to_host(device["target_tokens"])]
+    ref_tokens_np = distributed.to_host(device["target_tokens"])
+    ref_texts = [data.tokenizer.decode(t) for t in ref_tokens_np]
     gen_labels = hierarchy.host_labels(texts, data.schema, label_fn)
     ref_labels = hierarchy.host_labels(ref_texts, data.schema, label_fn)
     weights = capo.sentence_token_weights(
         tokens_np, mask_np, data.tokenizer, data.schema,
         alpha=config.capo.alpha, alpha_crit=config.capo.alpha_crit, enabled=config.capo.sensitivity,
     )
-    inputs = hierarchy.RewardInputs(
-        gen_tokens=tokens, gen_mask=mask,
-        ref_tokens=jnp.repeat(device["target_tokens"], g, axis=0),
-        ref_mask=jnp.repeat(device["target_mask"], g, axis=0),
-        gen_labels=jnp.asarray(gen_labels), ref_labels=jnp.repeat(jnp.asarray(ref_labels), g, axis=0),
-    )
-    rewards, terms = run.reward_fn(inputs, reward_cfg, None, word_table)
-    advantages = grpo.group_advantages(rewards, g, scale=rl.scale_rewards)
-    critical_index = capo.critical_index(data.schema)
-    critical = capo.critical_cases(ref_labels[:, 0], critical_index)
-    d = capo.group_disagreement(gen_labels[:, 0], ref_labels[:, 0], critical_index, g)
-    eps_low, eps_high, beta = capo.per_sample_trust_region(
-        critical, d, epsilon_low=rl.epsilon, epsilon_high=rl.epsilon_high, beta=rl.beta,
-        kappa=config.capo.kappa, gamma=config.capo.gamma, group_size=g, enabled=config.capo.enabled,
-    )
-    rollout = {
-        "tokens": tokens, "mask": mask, "ref_logp": ref_logp, "old_logp": jnp.zeros_like(ref_logp),
-        "first_pass": jnp.asarray(True), "advantages": advantages, "eps_low": jnp.asarray(eps_low), "eps_high": jnp.asarray(eps_high),
-        "beta": jnp.asarray(beta), "token_weights": jnp.asarray(weights), "truncated": out.truncated,
-    }
+    put = run.runtime.replicated
+    gen_labels, ref_labels = put(gen_labels), put(ref_labels)
+    timing["time/labeling"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    update, metrics = score_rollout(tokens, mask, gen_labels, device, ref_labels, word_table, reward_cfg=reward_cfg,
+                                    settings=ScoreSettings.from_config(config, data.schema))
+    jax.block_until_ready(update)
+    timing["time/scoring"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    rollout = dict(update, tokens=tokens, mask=mask, ref_logp=ref_logp, old_logp=zeros,
+                   first_pass=put(np.asarray(True)), token_weights=put(weights), truncated=out.truncated)
     for _ in range(rl.num_iterations):
         state, update_metrics, rollout["old_logp"] = run.update_fn(state, device, rollout)
-        rollout["first_pass"] = jnp.asarray(False)
-    metrics = {f"reward/{k}": jnp.mean(v) for k, v in terms.items()}
-    metrics["reward"] = jnp.mean(rewards)
-    metrics.update(update_metrics)
-    metrics["response_length"] = jnp.mean(out.lengths.astype(jnp.float32))
-    metrics["truncated_fraction"] = jnp.mean(out.truncated.astype(jnp.float32))
-    metrics.update(capo.capo_metrics(critical, d, eps_low, eps_high, beta, g))
-    return state, metrics
+        rollout["first_pass"] = put(np.asarray(False))
+    jax.block_until_ready(update_metrics)
+    timing["time/update"] = time.perf_counter() - clock
+    metrics.update(update_metrics, **stats)
+    metrics["completion_length_padded"] = length  # the bucket the reference, reward and update ran at
+    return state, dict(metrics, **timing)
 
 
 def reference_params(policy: nnx.State, dtype: jnp.dtype, beta: float) -> nnx.State | None:

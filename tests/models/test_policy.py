@@ -376,3 +376,36 @@ def test_chunked_token_scores_never_hold_the_full_logits():
 
     assert full in program(0)  # the check can see them
     assert full not in program(4) and f"tensor<2x4x{VOCAB}xf32>" in program(4)
+
+
+def test_a_group_shares_its_case_image_features(monkeypatch):
+    """G token rows per image row: the tower encodes each case once (B images, not B*G), and the
+    scores and gradients equal those of the images repeated to every row."""
+    model, g = toy_model(), 3
+    cases = make_batch(7, prompt_lens=[3, 5])
+    group = {k: np.repeat(v, g, axis=0) for k, v in cases.items()}
+    group["target_tokens"] = np.random.default_rng(8).integers(3, VOCAB, group["target_tokens"].shape).astype(np.int32)
+    shared = dict(group, image=cases["image"], view_mask=cases["view_mask"])
+    encoded = []
+    tower_call = VisionTransformer.__call__
+
+    def counting_call(self, image, *args, **kwargs):
+        encoded.append(image.shape[0])
+        return tower_call(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(VisionTransformer, "__call__", counting_call)
+    graphdef, state = nnx.split(model)
+
+    def scores(s, batch):
+        out = token_scores(nnx.merge(graphdef, s), batch, temperature=0.5, chunk_size=4)
+        return out.logp.sum(), out.logp
+
+    (_, logp_shared), grad_shared = jax.jit(jax.value_and_grad(scores, has_aux=True))(state, shared)
+    (_, logp_repeated), grad_repeated = jax.jit(jax.value_and_grad(scores, has_aux=True))(state, group)
+    assert encoded == [2 * VIEWS, 2 * g * VIEWS]  # views are encoded one by one: B*V tower rows
+    np.testing.assert_allclose(logp_shared, logp_repeated, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(grad_shared), jax.tree.leaves(grad_repeated)):
+        # summed in another order (over the group, then the tower's rows): float32 rounding only
+        np.testing.assert_allclose(a, b, atol=1e-5 * max(1.0, float(np.abs(b).max())), rtol=1e-5)
+    with pytest.raises(ValueError, match="not a whole group"):
+        token_scores(model, dict(group, image=cases["image"][:1].repeat(4, 0), view_mask=cases["view_mask"][:1].repeat(4, 0)))
