@@ -83,11 +83,35 @@ def filter_logits(logits: jax.Array, settings: SamplerSettings) -> jax.Array:
     return logits
 
 
+def categorical(rng: jax.Array, logits: jax.Array, block: int = 128) -> jax.Array:
+    """One draw per row from ``softmax(logits)`` [N, vocab] by inverting its CDF → int32 [N].
+
+    The same distribution as ``jax.random.categorical``, from one uniform per row instead of a
+    Gumbel draw per vocabulary entry: on a 2-core CPU that noise cost 4.5 ms of a 10 ms decode
+    step at 64 rows × 4,000 words. The CDF is walked in two levels (block sums, then one
+    block) so no cumulative sum runs over the whole vocabulary. Zero-probability entries
+    (filtered by top-k/top-p) are never drawn.
+    """
+    n, v = logits.shape
+    nb = -(-v // block)
+    p = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    p = jnp.pad(p, ((0, 0), (0, nb * block - v))).reshape(n, nb, block)
+    sums = p.sum(axis=-1)  # [N, blocks]
+    cdf = jnp.cumsum(sums, axis=-1)
+    target = jax.random.uniform(rng, (n,)) * cdf[:, -1]
+    b = jnp.minimum(jnp.sum(cdf <= target[:, None], axis=-1), nb - 1)
+    before = jnp.take_along_axis(cdf - sums, b[:, None], axis=-1)
+    inner = jnp.take_along_axis(p, b[:, None, None], axis=1)[:, 0]  # [N, block]
+    j = jnp.sum(before + jnp.cumsum(inner, axis=-1) <= target[:, None], axis=-1)
+    last = jnp.max(jnp.where(inner > 0, jnp.arange(block), 0), axis=-1)  # rounding never picks a p = 0
+    return (b * block + jnp.minimum(j, last)).astype(jnp.int32)
+
+
 def choose_tokens(logits: jax.Array, rng: jax.Array, settings: SamplerSettings) -> jax.Array:
     """Greedy argmax or a sample from the filtered distribution; int32 [N]."""
     if settings.greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(rng, filter_logits(logits, settings), axis=-1).astype(jnp.int32)
+    return categorical(rng, filter_logits(logits, settings))
 
 
 def _sample(
