@@ -24,6 +24,7 @@ TOKENIZER_KINDS = ("word", "bpe")
 MODEL_SIZES = ("toy", "tiny", "small", "base", "1b", "7b")
 REMAT_POLICIES = ("none", "full", "dots_saveable")  # models/policy.py
 MODEL_DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 for 1b/7b, float32 below
+LAYER_LOOPS = ("auto", "scan", "unroll")  # auto: scan for 1b/7b, unrolled below
 OPENI_ARCHIVE = "~/.cache/radflow_jax/openi/NLMCXR_reports.tgz"
 
 
@@ -103,6 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.size = "tiny"  # toy | tiny | small | base | 1b | 7b (models/policy.py SIZES)
     c.model.dtype = "auto"  # compute dtype (MODEL_DTYPES; auto = bfloat16 for 1b/7b); params stay float32
     c.model.logits_chunk = 0  # target positions per log-softmax chunk (0 = all at once; 1b/7b: 256)
+    c.model.layer_loop = "auto"  # LAYER_LOOPS: scan the layers (1b/7b) or unroll them (faster small steps)
     c.model.remat = "none"  # none | full | dots_saveable: what a block recomputes in the backward pass
 
     # Device mesh and logical-axis rules: every parameter and activation names its axes
@@ -343,6 +345,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(m.size in MODEL_SIZES, "model.size", f"must be one of {MODEL_SIZES}")
     _check(m.dtype in MODEL_DTYPES, "model.dtype", f"must be one of {MODEL_DTYPES}")
     _check(m.remat in REMAT_POLICIES, "model.remat", f"must be one of {REMAT_POLICIES}")
+    _check(m.layer_loop in LAYER_LOOPS, "model.layer_loop", f"must be one of {LAYER_LOOPS}")
     _check(m.logits_chunk >= 0, "model.logits_chunk", "must be >= 0 (0 = one chunk)")
     shape = dict(config.mesh.shape)
     _check(set(shape) <= {"data", "fsdp", "tensor"}, "mesh.shape", "axes are data, fsdp, tensor")

@@ -166,13 +166,21 @@ def compute_dtype(model: ml_collections.ConfigDict) -> str:
     return "bfloat16" if model.size in BFLOAT16_SIZES else "float32"
 
 
+def scan_layers(model: ml_collections.ConfigDict) -> bool:
+    """``model.layer_loop`` with ``auto`` resolved: a scan for the billion-parameter sizes (compile
+    time independent of depth), unrolled below (faster steps, few layers to compile)."""
+    if model.layer_loop != "auto":
+        return model.layer_loop == "scan"
+    return model.size in BFLOAT16_SIZES
+
+
 def make_policy_config(config: ml_collections.ConfigDict, vocab_size: int) -> PolicyConfig:
     """The policy of ``config.model`` for a tokenizer's vocabulary and the data's image size."""
     d = config.data
     return policy_config(
         config.model.size, vocab_size, d.image_size, d.max_views,
         text_len=d.max_prompt_len + d.max_target_len, dtype=compute_dtype(config.model),
-        remat=config.model.remat,
+        remat=config.model.remat, scan_layers=scan_layers(config.model),
     )
 
 

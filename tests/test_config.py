@@ -86,3 +86,23 @@ def test_compute_dtype_auto_is_bf16_for_billion_sizes(size, dtype, expected):
     config = config_lib.base_config()
     config.model.size, config.model.dtype = size, dtype
     assert compute_dtype(config.model) == expected
+
+
+@pytest.mark.parametrize("size, loop, expected", [
+    ("tiny", "auto", False), ("base", "auto", False), ("1b", "auto", True), ("7b", "auto", True),
+    ("7b", "unroll", False), ("tiny", "scan", True),
+])
+def test_layer_loop_auto_scans_billion_sizes(size, loop, expected):
+    from radflow_jax.runtime import make_policy_config, scan_layers
+
+    config = config_lib.base_config()
+    config.model.size, config.model.layer_loop = size, loop
+    assert scan_layers(config.model) == expected
+    assert make_policy_config(config, 100).scan_layers == expected
+
+
+def test_layer_loop_rejects_unknown_values():
+    config = config_lib.base_config()
+    config.model.layer_loop = "rolled"
+    with pytest.raises(ValueError, match="model.layer_loop"):
+        config_lib.validate(config)

@@ -24,34 +24,16 @@ import tempfile
 import jax
 import numpy as np
 from flax import nnx
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import roofline  # noqa: E402
 
-from radflow_jax.data import pipeline  # noqa: E402
-from radflow_jax.data.synthetic import generate_case  # noqa: E402
-from radflow_jax.data.tokenizer import train_tokenizer  # noqa: E402
-from radflow_jax.hf import export  # noqa: E402
+import hf_pair  # noqa: E402
+
 from radflow_jax.models.policy import Policy, policy_config  # noqa: E402
 from radflow_jax.rl.sampling import sample  # noqa: E402
 
-VOCAB, IMAGE, PROMPT_LEN, TEMPERATURE = 4000, 128, 8, 0.3
-PROMPT = "chest x-ray frontal view"
-
-
-def inputs(tokenizer, prompts: int):
-    """Our batch and HF's processor inputs for the same ``prompts`` synthetic images."""
-    cases = [generate_case("cxr", 0, i, image_size=IMAGE) for i in range(prompts)]
-    pixels = np.stack([c.images[0] for c in cases])
-    prompt = pipeline.prompt_tokens(tokenizer, PROMPT, PROMPT_LEN)
-    ours = {
-        "image": (pixels.astype(np.float32) / 255.0 * 2.0 - 1.0)[:, None, :, :, None],
-        "view_mask": np.ones((prompts, 1), bool),
-        "prompt_tokens": np.tile(prompt, (prompts, 1)),
-        "prompt_mask": np.tile(prompt != tokenizer.pad_id, (prompts, 1)),
-    }
-    return ours, [Image.fromarray(p) for p in pixels]
+TEMPERATURE = 0.3
 
 
 def main() -> None:
@@ -64,7 +46,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -76,27 +57,19 @@ def main() -> None:
     print(f"{rows} sequences ({args.prompts} prompts x group {args.group}), {new} new tokens, float32")
 
     workdir = tempfile.mkdtemp(prefix="bench_rollout_")
-    reports = [generate_case("cxr", 0, i).report for i in range(200)]
-    tokenizer = train_tokenizer(reports, vocab_size=VOCAB)
-    tokenizer.save(os.path.join(workdir, "tokenizer"))
-    ours_batch, images = inputs(tokenizer, args.prompts)
+    tokenizer = hf_pair.tokenizer(workdir)
+    ours_batch, images = hf_pair.prefix_inputs(tokenizer, args.prompts)
 
     header = f"{'size':6} {'mode':8} {'ours tok/s':>11} {'HF tok/s':>9} {'ratio':>6}  greedy rows equal"
     lines, result = [header], {"bench": "rollout", "ratio_vs_hf": {}, "greedy_rows_equal": {},
                                "decode_step_ms": {}, "decode_step_vs_roofline": {}}
     for size in args.sizes.split(","):
-        cfg = policy_config(size, VOCAB, IMAGE, max_views=1)
+        cfg = policy_config(size, hf_pair.VOCAB, hf_pair.IMAGE, max_views=1)
         graphdef, state = nnx.split(Policy(cfg, rngs=nnx.Rngs(0)))
-        out_dir = os.path.join(workdir, size)
-        provenance = dict(modality="cxr", stage="random init (bench)", step=0, stages=[], data="none",
-                          max_views=1, hf_prompt=export.hf_prompt(tokenizer, PROMPT, 1))
-        export.export_policy(export.host_params(state), cfg, os.path.join(workdir, "tokenizer"), out_dir,
-                             provenance=provenance, max_new_tokens=new)
-        model = LlavaForConditionalGeneration.from_pretrained(out_dir).eval()
+        model, processor = hf_pair.load_hf(hf_pair.export_to_hf(state, cfg, workdir, size, new))
+        model.eval()
         model.generation_config.eos_token_id = None  # every row runs the full length
-        processor = LlavaProcessor.from_pretrained(out_dir)
-        hf_in = processor(images=images, text=[export.hf_prompt(tokenizer, PROMPT, 1)] * args.prompts,
-                          return_tensors="pt", padding=True)
+        hf_in = hf_pair.hf_prefix(processor, tokenizer, images)
         hf_greedy_in = {k: v.repeat_interleave(args.group, 0) for k, v in hf_in.items()}
 
         def ours(greedy: bool, n: int = new):
@@ -131,7 +104,7 @@ def main() -> None:
             print(lines[-1], flush=True)
         result["ratio_vs_hf"][size] = {k: round(v, 3) for k, v in ratios.items()}
         step = (ours_time["greedy"] - roofline.median_time(lambda: ours(True, 1), args.repeats)) / (new - 1)
-        flops, nbytes = roofline.decode_step_cost(cfg, rows, cfg.vision.num_patches + PROMPT_LEN + new)
+        flops, nbytes = roofline.decode_step_cost(cfg, rows, cfg.vision.num_patches + hf_pair.PROMPT_LEN + new)
         predicted = max(flops / rate, nbytes / bandwidth)
         result["decode_step_ms"][size] = round(step * 1e3, 3)
         result["decode_step_vs_roofline"][size] = round(step / predicted, 2)

@@ -195,10 +195,12 @@ def lm_logits(norm: RMSNorm, lm_head: Dense, hidden: jax.Array) -> jax.Array:
 class Decoder(nnx.Module):
     """HF ``LlamaForCausalLM``: ``model`` plus an untied ``lm_head`` (kernel [D, vocab])."""
 
-    def __init__(self, cfg: TextConfig, *, dtype: jnp.dtype, remat: str, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, *, dtype: jnp.dtype, remat: str, rngs: nnx.Rngs,
+                 unroll: bool = False):
         self.cfg = cfg
         self.dtype = dtype
         self.remat = remat
+        self.unroll = unroll
         self.model = TextModel(cfg, dtype=dtype, rngs=rngs)
         self.lm_head = Dense(
             (cfg.hidden,), (cfg.vocab_size,), ("embed", "vocab"), use_bias=False, dtype=dtype, rngs=rngs
@@ -220,7 +222,7 @@ class Decoder(nnx.Module):
         [layers, B, L, KV, hd].
         """
         return scan_layers(lambda layer, y, p, m: layer(y, p, m), self.model.layers, x, positions, mask,
-                           remat=self.remat)
+                           remat=self.remat, unroll=self.unroll)
 
     def decode(self, x: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
         """One new token per row: x [B, 1, D] -> (hidden [B, 1, D], cache with it appended)."""
@@ -236,7 +238,7 @@ class Decoder(nnx.Module):
 
         start = (x, (cache.k, cache.v), jnp.zeros((), jnp.int32))
         (x, (k, v), _), _ = scan_layers(
-            body, self.model.layers, start, cache.positions[:, None], key_mask[:, None, :]
+            body, self.model.layers, start, cache.positions[:, None], key_mask[:, None, :], unroll=self.unroll
         )
         new_cache = KVCache(
             k=constrain(k, CACHE), v=constrain(v, CACHE), key_mask=key_mask,

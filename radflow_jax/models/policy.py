@@ -83,6 +83,7 @@ class PolicyConfig:
     text: TextConfig
     dtype: str = "float32"  # compute dtype; parameters are always float32
     remat: str = "none"  # REMAT_POLICIES: what each scanned block keeps for the backward pass
+    scan_layers: bool = True  # False: layers unrolled (faster few-layer steps; compile grows with depth)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -145,7 +146,7 @@ def policy_config(
     """The named ``size`` for a tokenizer's vocabulary and the data's image size.
 
     ``max_seq_len`` = image prefix of ``max_views`` views + ``text_len`` (prompt + report tokens;
-    default: the size's text budget). ``overrides`` set top-level fields (``dtype``, ``remat``).
+    default: the size's text budget). ``overrides`` set top-level fields (``dtype``, ``remat``, ``scan_layers``).
     """
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; available: {tuple(SIZES)}")
@@ -187,11 +188,13 @@ class Policy(nnx.Module):
     def __init__(self, cfg: PolicyConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         dtype = cfg.compute_dtype
-        self.vision_tower = VisionTransformer(cfg.vision, dtype=dtype, remat=cfg.remat, rngs=rngs)
+        self.vision_tower = VisionTransformer(cfg.vision, dtype=dtype, remat=cfg.remat,
+                                              unroll=not cfg.scan_layers, rngs=rngs)
         self.multi_modal_projector = Projector(
             cfg.vision.hidden, cfg.text.hidden, dtype=dtype, rngs=rngs
         )
-        self.language_model = Decoder(cfg.text, dtype=dtype, remat=cfg.remat, rngs=rngs)
+        self.language_model = Decoder(cfg.text, dtype=dtype, remat=cfg.remat, unroll=not cfg.scan_layers,
+                                      rngs=rngs)
 
     def encode_images(self, image: jax.Array, view_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
         """image [B, V, H, W, C], view_mask [B, V] -> (tokens [B, V*N, D_text], mask [B, V*N]).

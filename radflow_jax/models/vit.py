@@ -113,10 +113,12 @@ class VisionBlock(nnx.Module):
 class VisionTransformer(nnx.Module):
     """Images [B, H, W, C] in [-1, 1] -> patch features [B, N, hidden] (after ``post_layernorm``)."""
 
-    def __init__(self, cfg: VisionConfig, *, dtype: jnp.dtype, remat: str, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, *, dtype: jnp.dtype, remat: str, rngs: nnx.Rngs,
+                 unroll: bool = False):
         self.cfg = cfg
         self.dtype = dtype
         self.remat = remat
+        self.unroll = unroll
         # A stride-p conv written as a matmul on patchify() output: kernel [p*p*C, D].
         self.patch_embedding = Dense(
             (cfg.patch_size**2 * cfg.channels,),
@@ -138,5 +140,6 @@ class VisionTransformer(nnx.Module):
             )
         x = self.patch_embedding(patchify(images, c.patch_size))
         x = constrain(x + self.position_embedding[...].astype(self.dtype), RESIDUAL)
-        x, _ = scan_layers(lambda block, y: (block(y), None), self.layers, x, remat=self.remat)
+        x, _ = scan_layers(lambda block, y: (block(y), None), self.layers, x, remat=self.remat,
+                           unroll=self.unroll)
         return self.post_layernorm(x)

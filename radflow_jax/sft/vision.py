@@ -53,7 +53,8 @@ class VisionClassifier(nnx.Module):
 
     def __init__(self, cfg: PolicyConfig, num_labels: int, *, rngs: nnx.Rngs):
         dtype = cfg.compute_dtype
-        self.vision_tower = VisionTransformer(cfg.vision, dtype=dtype, remat=cfg.remat, rngs=rngs)
+        self.vision_tower = VisionTransformer(cfg.vision, dtype=dtype, remat=cfg.remat,
+                                              unroll=not cfg.scan_layers, rngs=rngs)
         self.multi_modal_projector = Projector(cfg.vision.hidden, cfg.text.hidden, dtype=dtype, rngs=rngs)
         self.head = Dense((cfg.text.hidden,), (num_labels,), ("embed", None), use_bias=True,
                           dtype=dtype, rngs=rngs)

@@ -1,5 +1,5 @@
 """Policy model: shapes for every named size, padding invariance, cached == full, pure use;
-stacked layers (init as unrolled, scan == loop), remat policies, chunked token scores."""
+stacked layers (init as unrolled, scan == unrolled scan == loop), remat policies, chunked token scores."""
 
 import contextlib
 import io
@@ -304,23 +304,24 @@ def test_scanned_layers_equal_a_python_loop_for_every_remat_policy():
         return (vit.post_layernorm(h) * w[0]).sum()
 
     cases = [
-        (lambda remat: Decoder(t, dtype=jnp.float32, remat=remat, rngs=nnx.Rngs(1)),
+        (lambda remat, unroll: Decoder(t, dtype=jnp.float32, remat=remat, unroll=unroll, rngs=nnx.Rngs(1)),
          decoder_scanned, decoder_loop),
-        (lambda remat: VisionTransformer(v, dtype=jnp.float32, remat=remat, rngs=nnx.Rngs(2)),
+        (lambda remat, unroll: VisionTransformer(v, dtype=jnp.float32, remat=remat, unroll=unroll, rngs=nnx.Rngs(2)),
          lambda vit: (vit(images) * w[0]).sum(), tower_loop),
     ]
     for make, scanned, loop in cases:
-        ref_value, ref_grads = nnx.jit(nnx.value_and_grad(loop))(make("none"))
-        saved = {}
-        for remat in REMAT_POLICIES:
-            graphdef, state = nnx.split(make(remat))
-            fn = lambda s: scanned(nnx.merge(graphdef, s))  # noqa: E731
-            value, grads = jax.jit(jax.value_and_grad(fn))(state)
-            np.testing.assert_allclose(value, ref_value, rtol=1e-5)
-            for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
-                np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-            saved[remat] = _saved_residuals(fn, state)
-        assert saved["full"] < saved["dots_saveable"] < saved["none"], saved
+        ref_value, ref_grads = nnx.jit(nnx.value_and_grad(loop))(make("none", False))
+        for unroll in (False, True):  # model.layer_loop: scan or unroll
+            saved = {}
+            for remat in REMAT_POLICIES:
+                graphdef, state = nnx.split(make(remat, unroll))
+                fn = lambda s: scanned(nnx.merge(graphdef, s))  # noqa: E731
+                value, grads = jax.jit(jax.value_and_grad(fn))(state)
+                np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+                for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+                    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+                saved[remat] = _saved_residuals(fn, state)
+            assert saved["full"] < saved["dots_saveable"] < saved["none"], (unroll, saved)
 
 
 T_SCORES = 6  # target positions: chunk size 3 divides it, 4 does not
