@@ -244,7 +244,8 @@ def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng, label_f
     ``jax.transfer_guard("disallow")``. ``time/*`` metrics split the step's wall time: the
     rollout (until its tokens are on the host), labeling (host: decode, labeler, CAPO token
     weights — the reference pass runs on the devices meanwhile), scoring (reward, advantages,
-    CAPO) and the update (the rest of the reference pass, then the updates).
+    CAPO, and waiting for whatever of the reference pass is still running: the devices run
+    programs in order) and the updates.
     """
     config, rl = run.config, run.config.rl
     g = rl.group_size
@@ -269,8 +270,7 @@ def rl_step(run: RLRun, state, ref_params, batch, reward_cfg, data, rng, label_f
     ref_logp = run.ref_logp_fn(ref_params, device, tokens, mask) if rl.beta > 0 else zeros
     tokens_np, mask_np = tokens_np[:, :length], mask_np[:, :length]
     texts = [data.tokenizer.decode(t) for t in tokens_np]
-    ref_tokens_np = distributed.to_host(device["target_tokens"])
-    ref_texts = [data.tokenizer.decode(t) for t in ref_tokens_np]
+    ref_texts = [data.tokenizer.decode(t) for t in distributed.to_host(device["target_tokens"])]
     gen_labels = hierarchy.host_labels(texts, data.schema, label_fn)
     ref_labels = hierarchy.host_labels(ref_texts, data.schema, label_fn)
     weights = capo.sentence_token_weights(
